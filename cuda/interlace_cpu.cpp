@@ -1,0 +1,143 @@
+// CPU kernels of the temporal interlace op, the op schema, and the Python module stub that loads them.
+// Parallel over (sample, group, frame); the inner loop runs over one contiguous group row so it can vectorise.
+#include <Python.h>
+
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
+#include <torch/library.h>
+
+#include "interlace_element.h"
+#include "interlace_host.h"
+
+namespace tin {
+namespace {
+
+// Rows of about this many elements per parallel task keep the thread pool's overhead small.
+constexpr int64_t kElementsPerTask = 1 << 15;
+
+int64_t rows_per_task(const InterlaceShape& shape) { return std::max<int64_t>(1, kElementsPerTask / std::max<int64_t>(1, shape.row)); }
+
+// dst[n, t, g, :] = taps(n, g, t) applied to src rows. Forward and input-gradient differ only in their taps.
+template <typename scalar_t, typename TapsFn>
+void gather_rows(const scalar_t* src, scalar_t* dst, const InterlaceShape& shape, TapsFn taps_for) {
+  const int64_t frame_stride = shape.groups * shape.row;
+  const int64_t rows = shape.batch * shape.groups * shape.frames;
+  at::parallel_for(0, rows, rows_per_task(shape), [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) {
+      const int64_t t = r % shape.frames;
+      const int64_t g = (r / shape.frames) % shape.groups;
+      const int64_t n = r / (shape.frames * shape.groups);
+      const auto taps = taps_for(n, g, t);
+      const scalar_t* block = src + n * shape.frames * frame_stride + g * shape.row;  // frame 0 of this group
+      const scalar_t* row0 = frame_row(block, taps.src0, taps.in0, frame_stride);
+      const scalar_t* row1 = frame_row(block, taps.src1, taps.in1, frame_stride);
+      scalar_t* out = dst + (n * shape.frames + t) * frame_stride + g * shape.row;
+      for (int64_t i = 0; i < shape.row; ++i) out[i] = static_cast<scalar_t>(gather_element(taps, row0, row1, i));
+    }
+  });
+}
+
+at::Tensor interlace_cpu(const at::Tensor& x_in, const at::Tensor& offsets_in, const at::Tensor& weights_in) {
+  const InterlaceShape shape = check_interlace_inputs(x_in, offsets_in, weights_in);
+  const at::Tensor x = x_in.contiguous(), offsets = offsets_in.contiguous(), weights = weights_in.contiguous();
+  at::Tensor out = at::empty_like(x);
+  if (x.numel() == 0) return out;
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "tin_interlace_cpu", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const scalar_t* off = offsets.data_ptr<scalar_t>();
+    const scalar_t* w = weights.data_ptr<scalar_t>();
+    gather_rows(x.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(), shape, [&](int64_t n, int64_t g, int64_t t) {
+      int64_t shift;
+      acc_t frac;
+      split_offset(static_cast<acc_t>(off[n * shape.groups + g]), shift, frac);
+      const acc_t weight = static_cast<acc_t>(w[(n * shape.frames + t) * shape.groups + g]);
+      return forward_taps(t, shape.frames, shift, frac, weight);
+    });
+  });
+  return out;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> interlace_backward_cpu(const at::Tensor& grad_in, const at::Tensor& x_in,
+                                                                      const at::Tensor& offsets_in,
+                                                                      const at::Tensor& weights_in) {
+  const InterlaceShape shape = check_interlace_inputs(x_in, offsets_in, weights_in);
+  TORCH_CHECK(grad_in.sizes() == x_in.sizes(), "tin::interlace_backward: grad ", grad_in.sizes(), " != x ",
+              x_in.sizes());
+  const at::Tensor grad = grad_in.contiguous(), x = x_in.contiguous();
+  const at::Tensor offsets = offsets_in.contiguous(), weights = weights_in.contiguous();
+  at::Tensor grad_x = at::empty_like(x);
+  const auto acc_dtype = at::toOpMathType(x.scalar_type());
+  at::Tensor interp = at::empty({shape.batch, shape.frames, shape.groups}, x.options().dtype(acc_dtype));
+  at::Tensor diff = at::empty_like(interp);
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "tin_interlace_backward_cpu", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const scalar_t* off = offsets.data_ptr<scalar_t>();
+    const scalar_t* w = weights.data_ptr<scalar_t>();
+    const scalar_t* gy = grad.data_ptr<scalar_t>();
+    const scalar_t* xs = x.data_ptr<scalar_t>();
+    auto shift_and_frac = [&](int64_t n, int64_t g, int64_t& shift, acc_t& frac) {
+      split_offset(static_cast<acc_t>(off[n * shape.groups + g]), shift, frac);
+    };
+
+    gather_rows(gy, grad_x.data_ptr<scalar_t>(), shape, [&](int64_t n, int64_t g, int64_t s) {
+      int64_t shift;
+      acc_t frac;
+      shift_and_frac(n, g, shift, frac);
+      return input_grad_taps<acc_t>(s, shape.frames, shift, frac, w + n * shape.frames * shape.groups + g,
+                                    shape.groups);
+    });
+
+    acc_t* interp_out = interp.data_ptr<acc_t>();
+    acc_t* diff_out = diff.data_ptr<acc_t>();
+    const int64_t frame_stride = shape.groups * shape.row;
+    const int64_t rows = shape.batch * shape.frames * shape.groups;
+    at::parallel_for(0, rows, rows_per_task(shape), [&](int64_t begin, int64_t end) {
+      for (int64_t r = begin; r < end; ++r) {  // r indexes [N, T, G]
+        const int64_t g = r % shape.groups;
+        const int64_t t = (r / shape.groups) % shape.frames;
+        const int64_t n = r / (shape.groups * shape.frames);
+        int64_t shift;
+        acc_t frac;
+        shift_and_frac(n, g, shift, frac);
+        const auto taps = forward_taps(t, shape.frames, shift, frac, acc_t(1));
+        const scalar_t* block = xs + n * shape.frames * frame_stride + g * shape.row;
+        const scalar_t* row0 = frame_row(block, taps.src0, taps.in0, frame_stride);
+        const scalar_t* row1 = frame_row(block, taps.src1, taps.in1, frame_stride);
+        const scalar_t* gy_row = gy + (n * shape.frames + t) * frame_stride + g * shape.row;
+        acc_t interp_sum = 0, diff_sum = 0;
+        for (int64_t i = 0; i < shape.row; ++i) {
+          accumulate_param_grads(taps, static_cast<acc_t>(gy_row[i]), row0, row1, i, interp_sum, diff_sum);
+        }
+        interp_out[r] = interp_sum;
+        diff_out[r] = diff_sum;
+      }
+    });
+  });
+  auto [grad_offsets, grad_weights] = finish_param_grads(interp, diff, offsets, weights);
+  return {grad_x, grad_offsets, grad_weights};
+}
+
+}  // namespace
+
+TORCH_LIBRARY(tin, m) {
+  m.def("interlace(Tensor x, Tensor offsets, Tensor weights) -> Tensor");
+  m.def("interlace_backward(Tensor grad_out, Tensor x, Tensor offsets, Tensor weights) -> (Tensor, Tensor, Tensor)");
+}
+
+TORCH_LIBRARY_IMPL(tin, CPU, m) {
+  m.impl("interlace", &interlace_cpu);
+  m.impl("interlace_backward", &interlace_backward_cpu);
+}
+
+}  // namespace tin
+
+// Importing tin_core._C registers the ops above; the module itself exports nothing.
+extern "C" PyObject* PyInit__C(void) {
+  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", "TIN interlace kernels (torch.ops.tin)", -1,
+                                          nullptr};
+  return PyModule_Create(&module_def);
+}

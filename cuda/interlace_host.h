@@ -1,0 +1,50 @@
+// Host-side pieces shared by the CPU and CUDA implementations: input checks and the last step of the backward pass.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+#include <c10/util/Exception.h>
+
+#include <cstdint>
+
+namespace tin {
+
+// x viewed as [N, T, G, L] with L = (C / G) * S: the unit the kernels iterate over.
+struct InterlaceShape {
+  int64_t batch;
+  int64_t frames;
+  int64_t groups;
+  int64_t row;  // elements of one group in one frame
+};
+
+// A second line of defence: the Python wrapper already raises ValueError naming the shapes, but the op can be called
+// directly as torch.ops.tin.interlace, and a kernel must never read out of bounds.
+inline InterlaceShape check_interlace_inputs(const at::Tensor& x, const at::Tensor& offsets, const at::Tensor& weights) {
+  TORCH_CHECK(x.dim() >= 3, "tin::interlace: x must be [N, T, C, *S], got ", x.sizes());
+  TORCH_CHECK(offsets.dim() == 2, "tin::interlace: offsets must be [N, G], got ", offsets.sizes());
+  TORCH_CHECK(weights.dim() == 3, "tin::interlace: weights must be [N, T, G], got ", weights.sizes());
+  const int64_t n = x.size(0), t = x.size(1), c = x.size(2), g = offsets.size(1);
+  TORCH_CHECK(g >= 1 && c % g == 0, "tin::interlace: C=", c, " of x ", x.sizes(), " is not divisible by G=", g,
+              " of offsets ", offsets.sizes());
+  TORCH_CHECK(offsets.size(0) == n, "tin::interlace: offsets ", offsets.sizes(), " do not match the batch of x ",
+              x.sizes());
+  TORCH_CHECK(weights.size(0) == n && weights.size(1) == t && weights.size(2) == g, "tin::interlace: weights ",
+              weights.sizes(), " must be [N, T, G] = [", n, ", ", t, ", ", g, "]");
+  TORCH_CHECK(offsets.scalar_type() == x.scalar_type() && weights.scalar_type() == x.scalar_type(),
+              "tin::interlace: x, offsets and weights must share a dtype");
+  TORCH_CHECK(offsets.device() == x.device() && weights.device() == x.device(),
+              "tin::interlace: x, offsets and weights must be on one device");
+  int64_t spatial = 1;
+  for (int64_t d = 3; d < x.dim(); ++d) spatial *= x.size(d);
+  return InterlaceShape{n, t, g, (c / g) * spatial};
+}
+
+// The kernels leave, per (n, t, g), the row sums `interp` = d loss / d w and `diff` = d loss / d f / w (both in the
+// accumulation dtype). Offsets only move the fraction f, so d loss / d offset = sum over t of w * diff.
+inline std::tuple<at::Tensor, at::Tensor> finish_param_grads(const at::Tensor& interp, const at::Tensor& diff,
+                                                             const at::Tensor& offsets, const at::Tensor& weights) {
+  at::Tensor grad_weights = interp.to(weights.scalar_type());
+  at::Tensor grad_offsets = diff.mul(weights.to(diff.scalar_type())).sum(1).to(offsets.scalar_type());
+  return {grad_offsets, grad_weights};
+}
+
+}  // namespace tin

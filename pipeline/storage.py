@@ -1,0 +1,64 @@
+"""One way to turn a URI into a filesystem and a path: local paths, file:// and s3://.
+
+S3 goes through s3fs and is configured the standard AWS way (environment, ~/.aws/config, profiles), including
+AWS_ENDPOINT_URL for S3-compatible stores (MinIO, moto). Credentials are never passed explicitly here, so they never
+appear in this module's arguments, reprs or errors: botocore reads them itself.
+"""
+
+from __future__ import annotations
+
+import os
+import posixpath
+
+import fsspec
+from fsspec.implementations.local import LocalFileSystem
+
+
+def is_remote(uri: str) -> bool:
+    return "://" in uri and not uri.startswith("file://")
+
+
+def s3_options() -> dict:
+    """s3fs arguments from the standard AWS environment (no secrets: botocore reads keys itself)."""
+    client_kwargs = {}
+    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+    if endpoint:
+        client_kwargs["endpoint_url"] = endpoint
+    region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+    if region:
+        client_kwargs["region_name"] = region
+    options: dict = {"client_kwargs": client_kwargs}
+    if os.environ.get("AWS_PROFILE"):
+        options["profile"] = os.environ["AWS_PROFILE"]
+    return options
+
+
+def filesystem(uri: str) -> tuple[fsspec.AbstractFileSystem, str]:
+    """(filesystem, path within it) for a local path, a file:// URI or an s3://bucket/key URI."""
+    if uri.startswith("s3://"):
+        import s3fs
+
+        return s3fs.S3FileSystem(**s3_options()), uri[len("s3://") :].rstrip("/")
+    if uri.startswith("file://"):
+        uri = uri[len("file://") :]
+    elif "://" in uri:
+        raise ValueError(f"unsupported storage URI {uri!r}: use a local path, file:// or s3://")
+    return LocalFileSystem(), os.path.abspath(os.path.expanduser(uri))
+
+
+def join(uri: str, *parts: str) -> str:
+    """Join path parts onto a local path or URI."""
+    if is_remote(uri):
+        return posixpath.join(uri.rstrip("/"), *parts)
+    return os.path.join(uri, *parts)
+
+
+def open_uri(uri: str, mode: str = "rb"):
+    """Open a local path or URI as a file object (a context manager)."""
+    fs, path = filesystem(uri)
+    return fs.open(path, mode)
+
+
+def exists(uri: str) -> bool:
+    fs, path = filesystem(uri)
+    return fs.exists(path)

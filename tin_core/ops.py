@@ -1,0 +1,136 @@
+"""The temporal interlace op and TSM's temporal shift.
+
+`temporal_interlace` dispatches to the compiled `torch.ops.tin.interlace` (kernels in `cuda/`, built into
+`tin_core._C`). This module registers the op's fake implementation (so `torch.compile` and `torch.export` trace it as
+one op) and its autograd formula, and keeps a pure-PyTorch reference, written independently of the kernels, that tests
+compare against and that serves as the fallback where no compiled kernel exists for the tensor's device.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+
+try:
+    from tin_core import _C  # noqa: F401  (importing registers torch.ops.tin)
+
+    _IMPORT_ERROR: ImportError | None = None
+except ImportError as error:  # the extension was not built: reference fallback
+    _IMPORT_ERROR = error
+
+
+def interlace_backends() -> dict[str, bool]:
+    """Which devices have a compiled interlace kernel, e.g. {"cpu": True, "cuda": True}."""
+    if _IMPORT_ERROR is not None:
+        return {"cpu": False, "cuda": False}
+    has_kernel = torch._C._dispatch_has_kernel_for_dispatch_key
+    return {"cpu": has_kernel("tin::interlace", "CPU"), "cuda": has_kernel("tin::interlace", "CUDA")}
+
+
+_COMPILED_DEVICES = frozenset(device for device, present in interlace_backends().items() if present)
+_warned_fallback: set[str] = set()
+
+
+if _IMPORT_ERROR is None:
+
+    @torch.library.register_fake("tin::interlace")
+    def _interlace_fake(x: torch.Tensor, offsets: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        return torch.empty_like(x)
+
+    @torch.library.register_fake("tin::interlace_backward")
+    def _interlace_backward_fake(
+        grad: torch.Tensor, x: torch.Tensor, offsets: torch.Tensor, weights: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return torch.empty_like(x), torch.empty_like(offsets), torch.empty_like(weights)
+
+    def _setup_context(ctx, inputs, output) -> None:
+        x, offsets, weights = inputs
+        ctx.save_for_backward(x, offsets, weights)
+
+    def _backward(ctx, grad: torch.Tensor):
+        x, offsets, weights = ctx.saved_tensors
+        return torch.ops.tin.interlace_backward(grad, x, offsets, weights)
+
+    torch.library.register_autograd("tin::interlace", _backward, setup_context=_setup_context)
+
+
+def _check_interlace_shapes(x: torch.Tensor, offsets: torch.Tensor, weights: torch.Tensor) -> None:
+    shapes = f"x {tuple(x.shape)}, offsets {tuple(offsets.shape)}, weights {tuple(weights.shape)}"
+    if x.dim() < 3 or offsets.dim() != 2 or weights.dim() != 3:
+        raise ValueError(f"temporal_interlace expects x [N, T, C, *S], offsets [N, G], weights [N, T, G]; got {shapes}")
+    n, t, c = x.shape[:3]
+    g = offsets.shape[1]
+    if g < 1 or c % g != 0:
+        raise ValueError(f"temporal_interlace: channels C={c} are not divisible by groups G={g}; got {shapes}")
+    if offsets.shape[0] != n or weights.shape[0] != n:
+        raise ValueError(f"temporal_interlace: batch sizes differ (N={n} in x); got {shapes}")
+    if weights.shape[1] != t or weights.shape[2] != g:
+        raise ValueError(f"temporal_interlace: weights must be [N, T, G] = [{n}, {t}, {g}]; got {shapes}")
+    if not (x.is_floating_point() and offsets.is_floating_point() and weights.is_floating_point()):
+        raise ValueError(f"temporal_interlace needs floating-point tensors; got {x.dtype}, {offsets.dtype}, {weights.dtype}")
+
+
+def temporal_interlace(x: torch.Tensor, offsets: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """Shift channel groups along time by fractional offsets, interpolating linearly, and weight each output frame.
+
+    x: [N, T, C, *S]; offsets: [N, G]; weights: [N, T, G]. Group g is channels [g*C/G, (g+1)*C/G). With b the
+    group's offset, k = floor(b) and f = b - k:
+
+        out[n, t, c] = weights[n, t, g] * ((1 - f) * x[n, t - k, c] + f * x[n, t - k - 1, c])
+
+    and frames outside [0, T) read as zero, so a positive offset carries the past into the future. Differentiable in
+    x, offsets (through f) and weights. offsets and weights are computed in x's dtype.
+    """
+    _check_interlace_shapes(x, offsets, weights)
+    offsets = offsets.to(x.dtype)
+    weights = weights.to(x.dtype)
+    if x.device.type in _COMPILED_DEVICES:
+        return torch.ops.tin.interlace(x, offsets, weights)
+    if x.device.type not in _warned_fallback:
+        _warned_fallback.add(x.device.type)
+        why = f"the extension failed to import ({_IMPORT_ERROR})" if _IMPORT_ERROR else "it was built without one"
+        warnings.warn(
+            f"tin_core: no compiled interlace kernel for {x.device.type} ({why}); using the slower PyTorch reference. "
+            "Build it with `pip install --no-build-isolation -e .`.",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+    return temporal_interlace_reference(x, offsets, weights)
+
+
+def temporal_interlace_reference(x: torch.Tensor, offsets: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """Pure-PyTorch `temporal_interlace`: gathers the two source frames by index and masks those out of range.
+
+    Written apart from the kernels on purpose (index gathers and autograd instead of taps and hand-written
+    gradients), so that agreement between the two is evidence.
+    """
+    _check_interlace_shapes(x, offsets, weights)
+    n, t, c = x.shape[:3]
+    g = offsets.shape[1]
+    xg = x.reshape(n, t, g, c // g, -1)  # [N, T, G, C/G, S]
+    shift = torch.floor(offsets)
+    frac = (offsets - shift)[:, None, :, None, None]  # [N, 1, G, 1, 1]
+    frames = torch.arange(t, device=x.device)[None, :, None]  # [1, T, 1]
+    source = frames - shift.long()[:, None, :]  # [N, T, G]: frame t - k
+
+    def frames_at(index: torch.Tensor) -> torch.Tensor:
+        valid = ((index >= 0) & (index < t))[..., None, None]
+        gathered = torch.gather(xg, 1, index.clamp(0, t - 1)[..., None, None].expand(-1, -1, -1, *xg.shape[3:]))
+        return torch.where(valid, gathered, torch.zeros((), dtype=x.dtype, device=x.device))
+
+    mixed = (1 - frac) * frames_at(source) + frac * frames_at(source - 1)
+    return (mixed * weights.to(x.dtype)[..., None, None]).reshape(x.shape)
+
+
+def temporal_shift(x: torch.Tensor, fold_div: int = 8) -> torch.Tensor:
+    """TSM's shift on x [N, T, C, *S]: with fold = C // fold_div, channels [0, fold) of frame t take frame t + 1,
+    channels [fold, 2 fold) take frame t - 1, the rest stay; frames outside the clip read as zero."""
+    if x.dim() < 3:
+        raise ValueError(f"temporal_shift expects x [N, T, C, *S]; got {tuple(x.shape)}")
+    fold = x.shape[2] // fold_div
+    out = torch.zeros_like(x)
+    out[:, :-1, :fold] = x[:, 1:, :fold]
+    out[:, 1:, fold : 2 * fold] = x[:, :-1, fold : 2 * fold]
+    out[:, :, 2 * fold :] = x[:, :, 2 * fold :]
+    return out
