@@ -1,0 +1,35 @@
+"""tin_core: the Temporal Interlacing Network (Shao, Qian, Liu, AAAI 2020) as a plain PyTorch model library.
+
+No Ray, MLflow or distributed code lives here; `pipeline/` wraps these pieces for training.
+"""
+
+from tin_core.flops import complexity, complexity_report
+from tin_core.metrics import classification_metrics, map_over_classes, map_over_videos, top_k_accuracy
+from tin_core.model import ARCHS, BACKBONES, VideoClassifier, build_model, interlace_trace, load_state_dict
+from tin_core.modules import OffsetNet, TemporalInterlace, TemporalShift, WeightNet
+from tin_core.ops import interlace_backends, temporal_interlace, temporal_interlace_reference, temporal_shift
+from tin_core.optim import optim_param_groups
+
+__all__ = [
+    "ARCHS",
+    "BACKBONES",
+    "OffsetNet",
+    "TemporalInterlace",
+    "TemporalShift",
+    "VideoClassifier",
+    "WeightNet",
+    "build_model",
+    "classification_metrics",
+    "complexity",
+    "complexity_report",
+    "interlace_backends",
+    "interlace_trace",
+    "load_state_dict",
+    "map_over_classes",
+    "map_over_videos",
+    "optim_param_groups",
+    "temporal_interlace",
+    "temporal_interlace_reference",
+    "temporal_shift",
+    "top_k_accuracy",
+]

@@ -68,7 +68,9 @@ def _check_interlace_shapes(x: torch.Tensor, offsets: torch.Tensor, weights: tor
     if weights.shape[1] != t or weights.shape[2] != g:
         raise ValueError(f"temporal_interlace: weights must be [N, T, G] = [{n}, {t}, {g}]; got {shapes}")
     if not (x.is_floating_point() and offsets.is_floating_point() and weights.is_floating_point()):
-        raise ValueError(f"temporal_interlace needs floating-point tensors; got {x.dtype}, {offsets.dtype}, {weights.dtype}")
+        raise ValueError(
+            f"temporal_interlace needs floating-point tensors; got {x.dtype}, {offsets.dtype}, {weights.dtype}"
+        )
 
 
 def temporal_interlace(x: torch.Tensor, offsets: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,36 @@
+# Two commands for users and CI; each sets up .venv on a fresh machine first (about 5 minutes, once):
+#   make run    the main job on its embedded default (local Ray, generated data, local MLflow)
+#   make test   lint and the whole test suite
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.tin-setup-done
+
+.PHONY: setup run test lint bench clean-build
+
+setup: $(STAMP)
+
+# torch must be installed before the extension builds against it (hence --no-build-isolation); the second pip
+# command installs every other dependency and compiles tin_core._C from cuda/ (CPU always, CUDA where nvcc is).
+$(STAMP): pyproject.toml setup.py $(wildcard cuda/*)
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip setuptools wheel ninja
+	$(PY) -m pip install --quiet "torch==2.14.1" "torchvision==0.29.1"
+	$(PY) -m pip install --quiet --no-build-isolation -e ".[test]"
+	$(PY) -c "import tin_core; print('tin_core kernels:', tin_core.interlace_backends())"
+	touch $(STAMP)
+
+run: setup
+	$(PY) jobs/train_mmit.py
+
+lint: setup
+	$(VENV)/bin/ruff check .
+
+test: lint
+	$(VENV)/bin/pytest
+
+bench: setup
+	$(PY) -m tin_core.bench
+
+clean-build:
+	rm -rf build tin_core/_C*.so $(STAMP)
