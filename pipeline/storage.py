@@ -62,3 +62,20 @@ def open_uri(uri: str, mode: str = "rb"):
 def exists(uri: str) -> bool:
     fs, path = filesystem(uri)
     return fs.exists(path)
+
+
+def pyarrow_filesystem(uri: str):
+    """(pyarrow filesystem or None, path) for Ray Train's storage: S3 with the same endpoint and region settings as
+    s3fs above; None for local paths (Ray uses them as they are)."""
+    if not uri.startswith("s3://"):
+        return None, filesystem(uri)[1]
+    from pyarrow import fs as pafs
+
+    client = s3_options()["client_kwargs"]
+    kwargs = {}
+    if "endpoint_url" in client:
+        scheme, _, host = client["endpoint_url"].partition("://")
+        kwargs.update(endpoint_override=host, scheme=scheme)
+    if "region_name" in client:
+        kwargs["region"] = client["region_name"]
+    return pafs.S3FileSystem(**kwargs), uri[len("s3://") :].rstrip("/")

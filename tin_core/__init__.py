@@ -4,7 +4,7 @@ No Ray, MLflow or distributed code lives here; `pipeline/` wraps these pieces fo
 """
 
 from tin_core.flops import complexity, complexity_report
-from tin_core.metrics import classification_metrics, map_over_classes, map_over_videos, top_k_accuracy
+from tin_core.metrics import ap_per_class, classification_metrics, map_over_classes, map_over_videos, top_k_accuracy
 from tin_core.model import ARCHS, BACKBONES, VideoClassifier, build_model, interlace_trace, load_state_dict
 from tin_core.modules import OffsetNet, TemporalInterlace, TemporalShift, WeightNet
 from tin_core.ops import interlace_backends, temporal_interlace, temporal_interlace_reference, temporal_shift
@@ -18,6 +18,7 @@ __all__ = [
     "TemporalShift",
     "VideoClassifier",
     "WeightNet",
+    "ap_per_class",
     "build_model",
     "classification_metrics",
     "complexity",

@@ -52,3 +52,12 @@ def classification_metrics(scores: np.ndarray, targets: np.ndarray) -> dict[str,
             "top5": top_k_accuracy(scores, targets, 5),
         }
     return {"map": map_over_videos(scores, targets), "map_classes": map_over_classes(scores, targets)}
+
+
+def ap_per_class(scores: np.ndarray, targets: np.ndarray) -> list[float]:
+    """Average precision of each class (NaN for a class with no positive video). targets multi-hot [V, K]."""
+    scores, targets = np.asarray(scores, dtype=np.float64), np.asarray(targets) > 0
+    return [
+        float(average_precision_score(targets[:, k], scores[:, k])) if targets[:, k].any() else float("nan")
+        for k in range(targets.shape[1])
+    ]

@@ -1,0 +1,171 @@
+"""Ray Data: manifest rows -> decoded, sampled, transformed uint8 clips, streamed to training workers.
+
+    rows (index, uri, labels) --random_shuffle (train)--> map_batches(ClipDecoder, actor pool)
+        --> {clip: uint8 [T, H, W, 3], labels: float32 multi-hot [K] | int64, index: int64, status: int8}
+
+Only the sampled frames are decoded (pipeline.video), straight from the storage the URI names. The dataset re-runs
+every epoch, so training clips get new random frames, crops and order each epoch. A clip that cannot be decoded
+becomes a row with a non-zero `status` (its reason code) and a zero clip: it is logged with its path by the decoder,
+dropped and counted by reason by the consumer (`BadVideoCounter`), never a crash.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from dataclasses import dataclass
+
+import numpy as np
+import ray
+import torch
+
+from pipeline.annotations import Manifest
+from pipeline.sampling import segment_indices
+from pipeline.transforms import ClipTransform, normalize
+from pipeline.video import DecodeError, decode_clip
+
+logger = logging.getLogger(__name__)
+
+# Reason codes of the `status` column; 0 is a decoded clip. Unknown reasons map to "other".
+REASONS = ("ok", "unreadable", "no_video_stream", "no_frames", "corrupt", "unstable_frame_count", "other")
+
+
+def reason_code(reason: str) -> int:
+    return REASONS.index(reason) if reason in REASONS else REASONS.index("other")
+
+
+@dataclass(frozen=True)
+class ClipSpec:
+    """How clips are cut from videos."""
+
+    num_segments: int = 8  # frames per clip, one per TSN segment
+    short_side: int = 128  # frames are resized at decode so their short side is this
+    crop_size: int = 112  # output side: multi-scale crop (train) or centre crop (eval)
+    flip: bool = False  # random horizontal flip in training; never for direction-sensitive classes
+
+
+def manifest_rows(manifest: Manifest) -> list[dict]:
+    """Plain rows for Ray Data; `index` identifies a video across shards (exact evaluation)."""
+    return [{"index": i, "uri": r.uri, "labels": list(r.labels)} for i, r in enumerate(manifest.records)]
+
+
+def encode_labels(labels: list[int], num_classes: int, multi_label: bool) -> np.ndarray:
+    if multi_label:
+        target = np.zeros(num_classes, dtype=np.float32)
+        target[list(labels)] = 1.0
+        return target
+    return np.int64(labels[0] if len(labels) else -1)
+
+
+class ClipDecoder:
+    """map_batches callable: decode, sample and transform one batch of manifest rows."""
+
+    def __init__(self, spec: ClipSpec, num_classes: int, multi_label: bool, train: bool) -> None:
+        self.spec = spec
+        self.num_classes = num_classes
+        self.multi_label = multi_label
+        self.mode = "train" if train else "val"
+        self.transform = ClipTransform(spec.crop_size, train=train, flip=spec.flip)
+        self.rng = np.random.default_rng()  # fresh entropy per actor: new samples every epoch
+
+    def decode(self, uri: str) -> tuple[np.ndarray, int]:
+        try:
+            frames, _ = decode_clip(
+                uri, lambda n: segment_indices(n, self.spec.num_segments, self.mode, self.rng), self.spec.short_side
+            )
+            return self.transform(frames, self.rng), 0
+        except DecodeError as e:
+            logger.warning("skipping video %s: %s", uri, e.reason)
+            return np.zeros(self.clip_shape, dtype=np.uint8), reason_code(e.reason)
+        except Exception as e:  # a decoder bug or odd file must not take the job down: skip and report it
+            logger.warning("skipping video %s: %s: %s", uri, type(e).__name__, e)
+            return np.zeros(self.clip_shape, dtype=np.uint8), reason_code("other")
+
+    @property
+    def clip_shape(self) -> tuple[int, int, int, int]:
+        return (self.spec.num_segments, self.spec.crop_size, self.spec.crop_size, 3)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        clips, status = zip(*(self.decode(str(uri)) for uri in batch["uri"]), strict=True)
+        labels = [encode_labels(list(lab), self.num_classes, self.multi_label) for lab in batch["labels"]]
+        return {
+            "clip": np.stack(clips),
+            "labels": np.stack(labels),
+            "index": np.asarray(batch["index"], dtype=np.int64),
+            "status": np.asarray(status, dtype=np.int8),
+        }
+
+
+def clip_dataset(
+    rows: list[dict],
+    spec: ClipSpec,
+    num_classes: int,
+    multi_label: bool,
+    train: bool,
+    decoders: int = 2,
+    cpus_per_decoder: float = 1.0,
+    batch_size: int = 4,
+    seed: int = 0,
+) -> ray.data.Dataset:
+    """A Ray Dataset of decoded clips, decoded on an actor pool of up to `decoders` actors (each keeps its storage
+    connections), `batch_size` videos per call.
+
+    Training rows are shuffled once here (annotation files are often sorted by class) and the order of their blocks
+    is drawn anew every epoch; consumers add a local shuffle buffer. (A full `random_shuffle` would need whole CPUs
+    for its tasks, which a small machine running the trainers cannot spare.)
+    """
+    if train:
+        rows = [rows[i] for i in np.random.default_rng(seed).permutation(len(rows))]
+    ds = ray.data.from_items(rows, override_num_blocks=max(1, min(len(rows) // batch_size, 1000)))
+    if train:
+        ds = ds.randomize_block_order()
+    return ds.map_batches(
+        ClipDecoder,
+        fn_constructor_kwargs={"spec": spec, "num_classes": num_classes, "multi_label": multi_label, "train": train},
+        batch_size=batch_size,
+        batch_format="numpy",
+        compute=ray.data.ActorPoolStrategy(min_size=1, max_size=decoders),
+        num_cpus=cpus_per_decoder,
+    )
+
+
+class TooManyBadVideos(RuntimeError):
+    """More videos failed to decode than --max-bad-fraction allows."""
+
+
+class BadVideoCounter:
+    """Counts the videos seen and the skipped ones by reason."""
+
+    def __init__(self) -> None:
+        self.seen = 0
+        self.bad: Counter[str] = Counter()
+
+    def update(self, status: torch.Tensor) -> torch.Tensor:
+        """Record a batch's status column; returns the mask of good rows."""
+        codes = status.cpu().numpy()
+        self.seen += len(codes)
+        for code in codes[codes != 0]:
+            self.bad[REASONS[int(code)]] += 1
+        return status == 0
+
+
+def torch_batches(
+    iterable,
+    batch_size: int,
+    device: torch.device | str = "cpu",
+    counter: BadVideoCounter | None = None,
+    shuffle_buffer: int | None = None,
+):
+    """(clips, labels, index, good) per batch of a Ray Data shard or dataset: clips normalised float
+    [B, T, 3, H, W]; `good` masks the rows that decoded (bad rows are zero clips, counted by `counter`).
+
+    Bad rows are masked rather than dropped so that every training rank takes the same number of steps.
+    `iterable` is anything with iter_torch_batches (a DataIterator from ray.train.get_dataset_shard, or a Dataset).
+    """
+    batches = iterable.iter_torch_batches(
+        batch_size=batch_size, device=device, drop_last=False, local_shuffle_buffer_size=shuffle_buffer
+    )
+    for batch in batches:
+        status = batch["status"]
+        good = counter.update(status) if counter is not None else status == 0
+        yield normalize(batch["clip"]), batch["labels"], batch["index"], good

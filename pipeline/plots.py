@@ -1,0 +1,42 @@
+"""Figures of what TIN learned, as in the paper's Figure 5: offsets per layer and group, weights per frame."""
+
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only: workers and CI have no display
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+
+def _short(layer: str) -> str:
+    return layer.removeprefix("backbone.").removesuffix(".conv1.temporal")
+
+
+def plot_offsets(trace: list[dict]) -> plt.Figure:
+    """Mean learned offset of each group at each TIN layer (x: layer in network order)."""
+    layers = [_short(t["layer"]) for t in trace]
+    offsets = np.stack([t["offsets"].mean(dim=0).numpy() for t in trace])  # [layers, groups]
+    fig, ax = plt.subplots(figsize=(max(6, len(layers) * 0.45), 3.5))
+    for g in range(offsets.shape[1]):
+        ax.plot(range(len(layers)), offsets[:, g], marker="o", label=f"group {g} (reverse: -)")
+    ax.axhline(0, color="grey", lw=0.5)
+    ax.set_xticks(range(len(layers)), layers, rotation=60, fontsize=7)
+    ax.set(xlabel="layer", ylabel="offset (frames)", title="Learned offsets per layer and group")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def plot_weights(trace: list[dict]) -> plt.Figure:
+    """Mean learned weight per frame at each TIN layer, one panel per group (rows: layers, columns: frames)."""
+    weights = np.stack([t["weights"].mean(dim=0).numpy() for t in trace])  # [layers, T, groups]
+    groups = weights.shape[2]
+    fig, axes = plt.subplots(1, groups, figsize=(4 * groups, 0.3 * len(trace) + 1.5), squeeze=False)
+    for g, ax in enumerate(axes[0]):
+        image = ax.imshow(weights[:, :, g], aspect="auto", cmap="viridis", vmin=0, vmax=2)
+        ax.set(xlabel="frame", title=f"group {g} weights")
+        ax.set_yticks(range(len(trace)), [_short(t["layer"]) for t in trace], fontsize=7)
+    fig.colorbar(image, ax=axes[0].tolist())
+    return fig

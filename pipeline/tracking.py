@@ -1,0 +1,164 @@
+"""MLflow: the run of a training job, its per-epoch metrics, artifacts, the logged model and its registration.
+
+Metric names are stable (dashboards read them): train_loss, val_map (mAP over videos, the authors' MMiT metric),
+val_map_classes, val_top1, val_top5 (single-label data), clips_per_s, data_wait_fraction, each with the epoch as
+step. Only the driver and rank 0 write here. Nothing secret is logged: the config holds no credentials, and a
+tracking URI with a password in it is logged without it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import mlflow
+from mlflow.entities import Metric
+from mlflow.tracking import MlflowClient
+
+from pipeline.config import DEFAULT_CACHE
+
+logger = logging.getLogger(__name__)
+
+EPOCH_METRICS = (
+    "train_loss", "val_map", "val_map_classes", "val_top1", "val_top5", "clips_per_s", "data_wait_fraction",
+    "lr", "bad_videos", "val_videos",
+)  # fmt: skip
+CHAMPION = "champion"
+RUN_NAME_TAG = "tin.run_name"
+
+
+def tracking_uri(explicit: str = "") -> str:
+    """--mlflow-uri, else $MLFLOW_TRACKING_URI, else a sqlite file in the cache (MLflow refuses a bare ./mlruns)."""
+    if explicit:
+        return explicit
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        return os.environ["MLFLOW_TRACKING_URI"]
+    DEFAULT_CACHE.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{DEFAULT_CACHE / 'mlflow.db'}"
+
+
+def redact(uri: str) -> str:
+    """A URI without the user:password@ part."""
+    return re.sub(r"//[^/@]*@", "//", uri)
+
+
+@dataclass
+class Tracker:
+    """A handle on one MLflow run that can travel to the rank-0 worker (it is just the URI and run id)."""
+
+    uri: str
+    run_id: str
+
+    @property
+    def client(self) -> MlflowClient:
+        return MlflowClient(self.uri)
+
+    def log_epoch(self, metrics: dict, epoch: int) -> None:
+        now = int(time.time() * 1000)
+        rows = [Metric(k, float(metrics[k]), now, epoch) for k in EPOCH_METRICS if k in metrics]
+        self.client.log_batch(self.run_id, metrics=rows)
+
+    def log_text(self, text: str, artifact_file: str) -> None:
+        self.client.log_text(self.run_id, text, artifact_file)
+
+    def log_dict(self, data: dict, artifact_file: str) -> None:
+        self.client.log_dict(self.run_id, data, artifact_file)
+
+    def log_figure(self, figure, artifact_file: str) -> None:
+        self.client.log_figure(self.run_id, figure, artifact_file)
+
+    def set_tag(self, key: str, value: str) -> None:
+        self.client.set_tag(self.run_id, key, value)
+
+
+def start_run(uri: str, experiment: str, run_name: str, params: dict, parent_run_id: str | None = None) -> Tracker:
+    """The MLflow run named `run_name` in `experiment`: an unfinished one is resumed (same --name), else a new one.
+
+    Every config value is logged as a param."""
+    client = MlflowClient(uri)
+    found = client.get_experiment_by_name(experiment)
+    experiment_id = found.experiment_id if found else client.create_experiment(experiment)
+    runs = client.search_runs(
+        [experiment_id], filter_string=f"tags.`{RUN_NAME_TAG}` = '{run_name}'", order_by=["attributes.start_time DESC"]
+    )
+    resumable = [r for r in runs if r.info.status != "FINISHED"]
+    if resumable:
+        run_id = resumable[0].info.run_id
+        client.update_run(run_id, status="RUNNING")
+        logger.info("resuming MLflow run %s (%s)", run_name, run_id)
+    else:
+        tags = {RUN_NAME_TAG: run_name, "mlflow.runName": run_name}
+        if parent_run_id:
+            tags["mlflow.parentRunId"] = parent_run_id
+        run_id = client.create_run(experiment_id, tags=tags, run_name=run_name).info.run_id
+        safe = {k: redact(str(v)) if isinstance(v, str) else v for k, v in params.items()}
+        for start in range(0, len(safe), 90):  # log_batch takes at most 100 params
+            batch = list(safe.items())[start : start + 90]
+            client.log_batch(run_id, params=[mlflow.entities.Param(k, str(v)[:6000]) for k, v in batch])
+    return Tracker(uri, run_id)
+
+
+def finish_run(tracker: Tracker, status: str = "FINISHED") -> None:
+    tracker.client.set_terminated(tracker.run_id, status=status)
+
+
+def log_and_register_model(
+    tracker: Tracker,
+    weights_path: Path,
+    model_config: dict,
+    register_as: str,
+    val_map: float,
+    example,
+) -> tuple[str, bool, str]:
+    """Log the pyfunc model to the run, register a new version, and move the `champion` alias to it only if its
+    validation mAP beats the current champion's. Returns (version, became_champion, message)."""
+    from mlflow.models import infer_signature
+
+    from pipeline.serving import MODEL_CONFIG, WEIGHTS
+
+    repo = Path(__file__).resolve().parents[1]
+    mlflow.set_tracking_uri(tracker.uri)
+    with tempfile.TemporaryDirectory() as tmp:
+        config_path = Path(tmp) / "model_config.json"
+        config_path.write_text(json.dumps(model_config))
+        signature = infer_signature(example, _predict_shape(example, model_config["num_classes"]))
+        with mlflow.start_run(run_id=tracker.run_id):
+            info = mlflow.pyfunc.log_model(
+                name="model",
+                python_model=str(repo / "pipeline" / "pyfunc_model.py"),
+                artifacts={WEIGHTS: str(weights_path), MODEL_CONFIG: str(config_path)},
+                code_paths=[str(repo / "tin_core"), str(repo / "pipeline")],
+                signature=signature,
+                pip_requirements=["torch==2.14.1", "torchvision==0.29.1", "numpy", "mlflow==3.17.*"],
+                metadata={"val_map": val_map, "class_names": model_config["class_names"]},
+            )
+    client = tracker.client
+    version = mlflow.register_model(info.model_uri, register_as, tags={"val_map": f"{val_map:.6f}"}).version
+    client.set_model_version_tag(register_as, version, "run_id", tracker.run_id)
+    try:
+        champion = client.get_model_version_by_alias(register_as, CHAMPION)
+        champion_map = float(champion.tags.get("val_map", "-inf"))
+    except mlflow.exceptions.MlflowException:
+        champion, champion_map = None, float("-inf")
+    if champion is None or val_map > champion_map:
+        client.set_registered_model_alias(register_as, CHAMPION, version)
+        before = f"version {champion.version} (val_map {champion_map:.4f})" if champion else "no champion"
+        message = f"{register_as} version {version} is the new champion: val_map {val_map:.4f} beats {before}"
+        return version, True, message
+    message = (
+        f"{register_as} version {version} registered (val_map {val_map:.4f}); champion stays version "
+        f"{champion.version} (val_map {champion_map:.4f})"
+    )
+    return version, False, message
+
+
+def _predict_shape(example, num_classes: int):
+    import numpy as np
+
+    return np.zeros((example.shape[0], num_classes), dtype=np.float32)

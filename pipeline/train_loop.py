@@ -1,0 +1,194 @@
+"""The per-worker training loop, a plain function of one config dict (Ray Train's `train_loop_per_worker`).
+
+Each epoch: train on this worker's shard of the training set, evaluate exactly on the whole validation set
+(each rank decodes a disjoint slice, predictions are gathered, every video counted once), log to MLflow from
+rank 0, and report metrics and a checkpoint from every rank. A rerun or a restarted worker group resumes from the
+last checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import ray.train
+import ray.train.torch
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+from pipeline.config import TrainConfig
+from pipeline.data import BadVideoCounter, ClipSpec, clip_dataset, torch_batches
+from pipeline.parallel import make_engine
+from tin_core import ap_per_class, build_model, classification_metrics
+
+META_FILE = "meta.json"
+
+
+def clip_spec(cfg: TrainConfig) -> ClipSpec:
+    return ClipSpec(cfg.num_segments, cfg.short_side, cfg.frame_size, cfg.flip)
+
+
+def model_from_config(cfg: TrainConfig, num_classes: int):
+    return build_model(
+        cfg.arch,
+        num_classes,
+        num_segments=cfg.num_segments,
+        backbone=cfg.backbone,
+        pretrained=cfg.pretrained or None,
+        dropout=cfg.dropout,
+        shift_div=cfg.shift_div or None,
+        partial_bn=cfg.partial_bn,
+        groups=cfg.groups,
+        reverse=cfg.reverse,
+    )
+
+
+def lr_factor(cfg: TrainConfig, epoch: float) -> float:
+    """Linear warmup, then cosine decay to 0 (or /10 at each of lr_steps), as a multiple of the base lr."""
+    if epoch < cfg.warmup_epochs:
+        return (epoch + 1e-3) / cfg.warmup_epochs
+    if cfg.lr_schedule == "step":
+        return 0.1 ** sum(epoch >= step for step in cfg.lr_steps)
+    progress = (epoch - cfg.warmup_epochs) / max(cfg.epochs - cfg.warmup_epochs, 1e-8)
+    return 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+
+
+def per_clip_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    if labels.dim() == 2:  # multi-hot: one binary task per class
+        return F.binary_cross_entropy_with_logits(logits, labels, reduction="none").mean(dim=1)
+    return F.cross_entropy(logits, labels, reduction="none")
+
+
+def all_gather(obj):
+    if not (dist.is_available() and dist.is_initialized()):
+        return [obj]
+    out = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def train_one_epoch(engine, shard, cfg: TrainConfig, epoch: int, steps_per_epoch: int, device) -> dict:
+    """One pass over this worker's shard. Bad clips stay in the batch with zero loss weight, so every rank takes the
+    same number of steps (DDP and ZeRO synchronise on each)."""
+    engine.model.train()
+    counter = BadVideoCounter()
+    loss_sum, clips, steps, waited = 0.0, 0, 0, 0.0
+    start = last = time.perf_counter()
+    for batch, labels, _, good in torch_batches(shard, cfg.batch_size, device, counter, 4 * cfg.batch_size):
+        waited += time.perf_counter() - last
+        engine.set_lr(lr_factor(cfg, epoch + min(steps / steps_per_epoch, 1.0)))
+        weights = good.float()
+        loss = (per_clip_loss(engine.model(batch), labels) * weights).sum() / weights.sum().clamp(min=1.0)
+        engine.step(loss)
+        loss_sum += loss.item() * int(good.sum())
+        clips += int(good.sum())
+        steps += 1
+        last = time.perf_counter()
+    return {"loss_sum": loss_sum, "clips": clips, "waited": waited, "elapsed": time.perf_counter() - start,
+            "seen": counter.seen, "bad": dict(counter.bad)}  # fmt: skip
+
+
+@torch.no_grad()
+def evaluate(module, val_rows: list[dict], cfg: TrainConfig, data: dict, device, rank: int, world: int) -> dict:
+    """Scores for every validation video: rank r decodes rows r, r + world, ...; the gathered predictions are checked
+    to hold each video exactly once."""
+    module.eval()
+    mine = val_rows[rank::world]
+    indices, scores, targets = [], [], []
+    counter = BadVideoCounter()
+    if mine:
+        ds = clip_dataset(mine, clip_spec(cfg), data["num_classes"], data["multi_label"], train=False,
+                          decoders=1, cpus_per_decoder=data["cpus_per_decoder"])  # fmt: skip
+        for batch, labels, index, good in torch_batches(ds, cfg.batch_size, device, counter):
+            logits = module(batch[good])
+            scores.append(logits.float().cpu().numpy())
+            targets.append(labels[good].cpu().numpy())
+            indices.append(index[good].cpu().numpy())
+    local = (
+        np.concatenate(indices) if indices else np.zeros(0, np.int64),
+        np.concatenate(scores) if scores else np.zeros((0, data["num_classes"]), np.float32),
+        np.concatenate(targets) if targets else None,
+        counter.seen,
+        dict(counter.bad),
+    )
+    gathered = all_gather(local)
+    all_indices = np.concatenate([g[0] for g in gathered])
+    seen = sum(g[3] for g in gathered)
+    bad = sum((Counter(g[4]) for g in gathered), Counter())
+    if len(np.unique(all_indices)) != len(all_indices) or seen != len(val_rows):
+        raise RuntimeError(f"validation covered {seen} of {len(val_rows)} videos ({len(all_indices)} scored, "
+                           f"{len(np.unique(all_indices))} unique): sharding lost or repeated videos")  # fmt: skip
+    all_scores = np.concatenate([g[1] for g in gathered])
+    all_targets = np.concatenate([g[2] for g in gathered if g[2] is not None])
+    metrics = {f"val_{k}": v for k, v in classification_metrics(all_scores, all_targets).items()}
+    metrics["val_videos"] = len(all_indices)
+    per_class = ap_per_class(all_scores, _multi_hot(all_targets, data["num_classes"]))
+    return {"metrics": metrics, "ap_per_class": per_class, "seen": seen, "bad": dict(bad)}
+
+
+def _multi_hot(targets: np.ndarray, num_classes: int) -> np.ndarray:
+    if targets.ndim == 2:
+        return targets
+    return np.eye(num_classes, dtype=np.float32)[targets]
+
+
+def _restore(engine, checkpoint) -> int:
+    """Load the checkpoint into the engine; returns the next epoch."""
+    with checkpoint.as_directory() as directory:
+        engine.load(Path(directory))
+        return json.loads((Path(directory) / META_FILE).read_text())["epoch"] + 1
+
+
+def train_loop_per_worker(config: dict) -> None:
+    cfg = TrainConfig(**config["train"])
+    data = config["data"]
+    ray.data.DataContext.get_current().enable_progress_bars = False  # worker logs stay readable
+    context = ray.train.get_context()
+    rank, world = context.get_world_rank(), context.get_world_size()
+    device = ray.train.torch.get_device()
+    torch.manual_seed(cfg.seed)  # the same initial weights on every rank
+    model = model_from_config(cfg, data["num_classes"])
+    engine = make_engine(model, cfg, device, fc_lr5=bool(cfg.pretrained))
+    tracker = config.get("tracker") if rank == 0 else None
+
+    checkpoint = ray.train.get_checkpoint()
+    start_epoch = _restore(engine, checkpoint) if checkpoint else 0
+    shard = ray.train.get_dataset_shard("train")
+    for epoch in range(start_epoch, cfg.epochs):
+        train = all_gather(train_one_epoch(engine, shard, cfg, epoch, data["steps_per_epoch"], device))
+        val = evaluate(engine.module, data["val_rows"], cfg, data, device, rank, world)
+        clips = sum(t["clips"] for t in train)
+        seen = sum(t["seen"] for t in train) + val["seen"]
+        bad = sum((Counter(t["bad"]) for t in train), Counter(val["bad"]))
+        metrics = {
+            "epoch": epoch,
+            "train_loss": sum(t["loss_sum"] for t in train) / max(clips, 1),
+            **val["metrics"],
+            "clips_per_s": clips / max(max(t["elapsed"] for t in train), 1e-9),
+            "data_wait_fraction": float(np.mean([t["waited"] / max(t["elapsed"], 1e-9) for t in train])),
+            "lr": cfg.lr * lr_factor(cfg, epoch + 1 - 1e-9),
+            "bad_videos": sum(bad.values()),
+            "bad_video_fraction": sum(bad.values()) / max(seen, 1),
+        }
+        too_many_bad = metrics["bad_video_fraction"] > cfg.max_bad_fraction
+        if tracker is not None:
+            tracker.log_epoch(metrics, epoch)
+            if bad:
+                tracker.log_text(f"skipped videos by reason: {dict(bad)}", f"bad_videos/epoch_{epoch}.txt")
+        with tempfile.TemporaryDirectory() as directory:
+            engine.save(Path(directory))
+            if rank == 0:
+                meta = {"epoch": epoch, "metrics": metrics, "ap_per_class": val["ap_per_class"],
+                        "config": cfg.to_dict(), "bad_by_reason": dict(bad)}  # fmt: skip
+                (Path(directory) / META_FILE).write_text(json.dumps(meta, default=str))
+            report = {**metrics, "bad_by_reason": json.dumps(dict(bad)), "stopped_bad_videos": too_many_bad}
+            ray.train.report(report, checkpoint=ray.train.Checkpoint.from_directory(directory),
+                             checkpoint_dir_name=f"epoch-{epoch:04d}")  # fmt: skip
+        if too_many_bad:  # every rank sees the same gathered counts, so all stop together; the driver raises
+            return

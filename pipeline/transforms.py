@@ -1,0 +1,88 @@
+"""Clip transforms, kept in uint8 until the training worker: TSM's multi-scale crop for training, a centre crop for
+evaluation, an optional horizontal flip, and normalisation to float on the worker.
+
+One crop (and flip) per clip, shared by all its frames, so that motion between frames is not distorted.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torchvision.transforms.v2 import functional as TF
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+# TSM/TIN's GroupMultiScaleCrop: crop sides as fractions of the short side.
+MULTI_SCALES = (1.0, 0.875, 0.75, 0.66)
+
+
+def _crop_sides(short: int, crop_size: int) -> list[int]:
+    # Sides within 3 px of the output size snap to it, as in TSM.
+    sides = [int(short * s) for s in MULTI_SCALES]
+    return [crop_size if abs(side - crop_size) < 3 else side for side in sides]
+
+
+def _fixed_offsets(width: int, height: int, crop_w: int, crop_h: int) -> list[tuple[int, int]]:
+    """TSM's 13 fixed crop positions: corners, centre, edge middles and quarter points."""
+    ws, hs = (width - crop_w) // 4, (height - crop_h) // 4
+    return [
+        (0, 0), (4 * ws, 0), (0, 4 * hs), (4 * ws, 4 * hs), (2 * ws, 2 * hs),
+        (0, 2 * hs), (4 * ws, 2 * hs), (2 * ws, 4 * hs), (2 * ws, 0),
+        (ws, hs), (3 * ws, hs), (ws, 3 * hs), (3 * ws, 3 * hs),
+    ]  # fmt: skip
+
+
+def multi_scale_crop_box(
+    height: int, width: int, crop_size: int, rng: np.random.Generator
+) -> tuple[int, int, int, int]:
+    """(top, left, h, w) of a random multi-scale crop: sides from MULTI_SCALES, aspect distortion of at most one scale
+    step, at one of 13 fixed positions."""
+    sides = _crop_sides(min(height, width), crop_size)
+    pairs = [(w, h) for i, h in enumerate(sides) for j, w in enumerate(sides) if abs(i - j) <= 1]
+    crop_w, crop_h = pairs[rng.integers(len(pairs))]
+    crop_w, crop_h = max(1, min(crop_w, width)), max(1, min(crop_h, height))
+    left, top = _fixed_offsets(width, height, crop_w, crop_h)[rng.integers(13)]
+    return top, left, crop_h, crop_w
+
+
+def centre_crop_box(height: int, width: int, crop_size: int) -> tuple[int, int, int, int]:
+    h, w = min(crop_size, height), min(crop_size, width)
+    return (height - h) // 2, (width - w) // 2, h, w
+
+
+@dataclass(frozen=True)
+class ClipTransform:
+    """uint8 [T, H, W, 3] -> uint8 [T, crop_size, crop_size, 3].
+
+    train: multi-scale crop at a random fixed position, resized to crop_size, then an optional flip. eval: centre crop
+    (resized to crop_size if the frame is smaller). `flip` must stay off for direction-sensitive datasets
+    (Something-Something, Jester, our synthetic moving-left/right classes), where a flip swaps the label.
+    """
+
+    crop_size: int
+    train: bool = False
+    flip: bool = False
+
+    def __call__(self, clip: np.ndarray, rng: np.random.Generator | None = None) -> np.ndarray:
+        frames, height, width, _ = clip.shape
+        if self.train:
+            rng = rng if rng is not None else np.random.default_rng()
+            top, left, h, w = multi_scale_crop_box(height, width, self.crop_size, rng)
+        else:
+            top, left, h, w = centre_crop_box(height, width, self.crop_size)
+        cropped = torch.from_numpy(np.ascontiguousarray(clip[:, top : top + h, left : left + w])).permute(0, 3, 1, 2)
+        if (h, w) != (self.crop_size, self.crop_size):
+            cropped = TF.resize(cropped, [self.crop_size, self.crop_size], antialias=True)
+        if self.train and self.flip and rng.random() < 0.5:
+            cropped = cropped.flip(-1)
+        return cropped.permute(0, 2, 3, 1).contiguous().numpy()
+
+
+def normalize(clips: torch.Tensor) -> torch.Tensor:
+    """uint8 clips [N, T, H, W, 3] -> float [N, T, 3, H, W], scaled to [0, 1] and ImageNet-normalised."""
+    x = clips.permute(0, 1, 4, 2, 3).float().div_(255.0)
+    mean = torch.tensor(IMAGENET_MEAN, device=x.device).view(1, 1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, device=x.device).view(1, 1, 3, 1, 1)
+    return x.sub_(mean).div_(std)
