@@ -28,7 +28,7 @@ class TrainConfig:
     data: str = _help(
         "dataset root in MMiT layout (local path or s3://bucket/prefix); empty: the generated default", default=""
     )
-    num_segments: int = _help("frames per clip (TSN segments)", default=8)
+    num_segments: int = _help("frames per clip (TSN segments; the authors use 8 or 16)", default=4)
     frame_size: int = _help("crop size in pixels; frames are resized to a short side of frame_size * 8/7", default=32)
     flip: bool = _help("random horizontal flips in training (never for direction-sensitive classes)", default=False)
     max_bad_fraction: float = _help("stop when more than this fraction of videos fails to decode", default=0.05)
@@ -53,9 +53,10 @@ class TrainConfig:
     clip_grad: float = _help("gradient-norm clipping (the authors use 20)", default=20.0)
     seed: int = _help("random seed of model initialisation and data generation", default=0)
     # distribution
-    num_workers: int = _help("Ray Train workers", default=2)
+    num_workers: int = _help("Ray Train workers (one small machine: one worker with 2 threads is fastest)", default=1)
     use_gpu: bool = _help("one GPU per worker (nccl); otherwise CPU workers (gloo)", default=False)
-    cpus_per_worker: float = _help("CPUs reserved per training worker (the rest decode data)", default=0.5)
+    cpus_per_worker: float = _help("CPUs reserved per training worker (the rest decode data)", default=1.0)
+    threads_per_worker: int = _help("torch threads per training worker; 0: Ray's default (its CPU count)", default=0)
     strategy: str = _help("ddp or deepspeed", default="ddp")
     zero_stage: int = _help("DeepSpeed ZeRO stage (1 or 2)", default=2)
     max_failures: int = _help("worker-group restarts from the last checkpoint before the job fails", default=2)

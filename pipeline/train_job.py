@@ -103,8 +103,10 @@ def build_trainer(cfg: TrainConfig, datasets: Datasets, tracker: Tracker | None,
     cpus_per_decoder = max(0.25, min(1.0, free_cpus / cfg.decoders))
     train_rows = manifest_rows(datasets.train)
     spec = clip_spec(cfg)
-    train_ds = clip_dataset(train_rows, spec, datasets.train.num_classes, datasets.train.multi_label, train=True,
-                            decoders=cfg.decoders, cpus_per_decoder=cpus_per_decoder, seed=cfg.seed)  # fmt: skip
+    train_ds = clip_dataset(
+        train_rows, spec, datasets.train.num_classes, datasets.train.multi_label, train=True,
+        decoders=cfg.decoders, cpus_per_decoder=cpus_per_decoder, batch_size=8, seed=cfg.seed,
+    )  # fmt: skip
     data = {
         "val_rows": manifest_rows(datasets.val),
         "num_classes": datasets.train.num_classes,

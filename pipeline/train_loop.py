@@ -94,25 +94,40 @@ def train_one_epoch(engine, shard, cfg: TrainConfig, epoch: int, steps_per_epoch
             "seen": counter.seen, "bad": dict(counter.bad)}  # fmt: skip
 
 
-@torch.no_grad()
-def evaluate(module, val_rows: list[dict], cfg: TrainConfig, data: dict, device, rank: int, world: int) -> dict:
-    """Scores for every validation video: rank r decodes rows r, r + world, ...; the gathered predictions are checked
-    to hold each video exactly once."""
-    module.eval()
+# Decoded validation clips are deterministic (segment centres, centre crop): below this size per worker they are
+# decoded once and kept in Ray's object store instead of being decoded again every epoch.
+VAL_CACHE_BYTES = 512 * 2**20
+
+
+def validation_dataset(val_rows: list[dict], cfg: TrainConfig, data: dict, rank: int, world: int):
+    """This rank's disjoint slice of the validation set (rows rank, rank + world, ...), or None if it is empty."""
     mine = val_rows[rank::world]
+    if not mine:
+        return None
+    ds = clip_dataset(mine, clip_spec(cfg), data["num_classes"], data["multi_label"], train=False,
+                      decoders=1, cpus_per_decoder=data["cpus_per_decoder"], batch_size=8)  # fmt: skip
+    clip_bytes = cfg.num_segments * cfg.frame_size**2 * 3
+    return ds.materialize() if len(mine) * clip_bytes <= VAL_CACHE_BYTES else ds
+
+
+@torch.no_grad()
+def evaluate(module, val_ds, num_val: int, cfg: TrainConfig, num_classes: int, device) -> dict:
+    """Scores for every validation video. Each rank scores its slice; the gathered predictions are checked to hold
+    each of the `num_val` videos exactly once (bad ones counted, not scored)."""
+    module.eval()
     indices, scores, targets = [], [], []
     counter = BadVideoCounter()
-    if mine:
-        ds = clip_dataset(mine, clip_spec(cfg), data["num_classes"], data["multi_label"], train=False,
-                          decoders=1, cpus_per_decoder=data["cpus_per_decoder"])  # fmt: skip
-        for batch, labels, index, good in torch_batches(ds, cfg.batch_size, device, counter):
+    if val_ds is not None:
+        for batch, labels, index, good in torch_batches(val_ds, cfg.batch_size, device, counter):
+            if not bool(good.any()):
+                continue
             logits = module(batch[good])
             scores.append(logits.float().cpu().numpy())
             targets.append(labels[good].cpu().numpy())
             indices.append(index[good].cpu().numpy())
     local = (
         np.concatenate(indices) if indices else np.zeros(0, np.int64),
-        np.concatenate(scores) if scores else np.zeros((0, data["num_classes"]), np.float32),
+        np.concatenate(scores) if scores else np.zeros((0, num_classes), np.float32),
         np.concatenate(targets) if targets else None,
         counter.seen,
         dict(counter.bad),
@@ -121,14 +136,14 @@ def evaluate(module, val_rows: list[dict], cfg: TrainConfig, data: dict, device,
     all_indices = np.concatenate([g[0] for g in gathered])
     seen = sum(g[3] for g in gathered)
     bad = sum((Counter(g[4]) for g in gathered), Counter())
-    if len(np.unique(all_indices)) != len(all_indices) or seen != len(val_rows):
-        raise RuntimeError(f"validation covered {seen} of {len(val_rows)} videos ({len(all_indices)} scored, "
+    if len(np.unique(all_indices)) != len(all_indices) or seen != num_val:
+        raise RuntimeError(f"validation covered {seen} of {num_val} videos ({len(all_indices)} scored, "
                            f"{len(np.unique(all_indices))} unique): sharding lost or repeated videos")  # fmt: skip
     all_scores = np.concatenate([g[1] for g in gathered])
     all_targets = np.concatenate([g[2] for g in gathered if g[2] is not None])
     metrics = {f"val_{k}": v for k, v in classification_metrics(all_scores, all_targets).items()}
     metrics["val_videos"] = len(all_indices)
-    per_class = ap_per_class(all_scores, _multi_hot(all_targets, data["num_classes"]))
+    per_class = ap_per_class(all_scores, _multi_hot(all_targets, num_classes))
     return {"metrics": metrics, "ap_per_class": per_class, "seen": seen, "bad": dict(bad)}
 
 
@@ -152,6 +167,8 @@ def train_loop_per_worker(config: dict) -> None:
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
     device = ray.train.torch.get_device()
+    if cfg.threads_per_worker > 0 and device.type == "cpu":
+        torch.set_num_threads(cfg.threads_per_worker)
     torch.manual_seed(cfg.seed)  # the same initial weights on every rank
     model = model_from_config(cfg, data["num_classes"])
     engine = make_engine(model, cfg, device, fc_lr5=bool(cfg.pretrained))
@@ -160,9 +177,13 @@ def train_loop_per_worker(config: dict) -> None:
     checkpoint = ray.train.get_checkpoint()
     start_epoch = _restore(engine, checkpoint) if checkpoint else 0
     shard = ray.train.get_dataset_shard("train")
+    val_ds = validation_dataset(data["val_rows"], cfg, data, rank, world)
     for epoch in range(start_epoch, cfg.epochs):
+        started = time.perf_counter()
         train = all_gather(train_one_epoch(engine, shard, cfg, epoch, data["steps_per_epoch"], device))
-        val = evaluate(engine.module, data["val_rows"], cfg, data, device, rank, world)
+        trained = time.perf_counter()
+        val = evaluate(engine.module, val_ds, len(data["val_rows"]), cfg, data["num_classes"], device)
+        validated = time.perf_counter()
         clips = sum(t["clips"] for t in train)
         seen = sum(t["seen"] for t in train) + val["seen"]
         bad = sum((Counter(t["bad"]) for t in train), Counter(val["bad"]))
@@ -175,6 +196,8 @@ def train_loop_per_worker(config: dict) -> None:
             "lr": cfg.lr * lr_factor(cfg, epoch + 1 - 1e-9),
             "bad_videos": sum(bad.values()),
             "bad_video_fraction": sum(bad.values()) / max(seen, 1),
+            "train_seconds": trained - started,
+            "val_seconds": validated - trained,
         }
         too_many_bad = metrics["bad_video_fraction"] > cfg.max_bad_fraction
         if tracker is not None:
