@@ -11,7 +11,7 @@ STAMP := $(VENV)/.tin-setup-done
 setup: $(STAMP)
 
 # torch must be installed before the extension builds against it (hence --no-build-isolation); the second pip
-# command installs every other dependency and compiles tin_core._C from cuda/ (CPU always, CUDA where nvcc is).
+# command installs every other dependency and compiles tin_ops (the op) from cuda/ (CPU always, CUDA where nvcc is).
 $(STAMP): pyproject.toml setup.py $(wildcard cuda/*)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip setuptools wheel ninja
@@ -33,4 +33,4 @@ bench: setup
 	$(PY) -m tin_core.bench
 
 clean-build:
-	rm -rf build tin_core/_C*.so $(STAMP)
+	rm -rf build tin_ops*.so $(STAMP)

@@ -1,4 +1,4 @@
-"""Builds tin_core._C, the compiled interlace op, from cuda/.
+"""Builds tin_ops, the compiled interlace op (torch.ops.tin), from cuda/.
 
 The CPU kernels are always built. The CUDA kernels are added when torch is a CUDA build and nvcc is found (CUDA_HOME,
 defaulting to /usr/local/cuda); otherwise a message says so and the extension is CPU only. Build once with
@@ -37,15 +37,15 @@ def _cuda_available_for_build() -> tuple[bool, str]:
 def _extension():
     with_cuda, why = _cuda_available_for_build()
     if with_cuda:
-        print(f"tin_core._C: building CPU + CUDA kernels ({why})")
+        print(f"tin_ops: building CPU + CUDA kernels ({why})")
         return CUDAExtension(
-            "tin_core._C",
+            "tin_ops",
             SOURCES + ["cuda/interlace_cuda.cu"],
             extra_compile_args={"cxx": CXX_FLAGS, "nvcc": ["-O3"]},
             py_limited_api=False,
         )
-    print(f"tin_core._C: building the CPU kernels only: {why}")
-    return CppExtension("tin_core._C", SOURCES, extra_compile_args={"cxx": CXX_FLAGS})
+    print(f"tin_ops: building the CPU kernels only: {why}")
+    return CppExtension("tin_ops", SOURCES, extra_compile_args={"cxx": CXX_FLAGS})
 
 
 setup(

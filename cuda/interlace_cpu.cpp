@@ -135,9 +135,11 @@ TORCH_LIBRARY_IMPL(tin, CPU, m) {
 
 }  // namespace tin
 
-// Importing tin_core._C registers the ops above; the module itself exports nothing.
-extern "C" PyObject* PyInit__C(void) {
-  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", "TIN interlace kernels (torch.ops.tin)", -1,
+// Importing tin_ops registers the ops above; the module itself exports nothing. It is a top-level module, apart
+// from the pure-Python tin_core, so that a job whose working directory holds an uncompiled copy of the sources
+// (ray job submit --working-dir .) still finds the installed binary.
+extern "C" PyObject* PyInit_tin_ops(void) {
+  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "tin_ops", "TIN interlace kernels (torch.ops.tin)", -1,
                                           nullptr};
   return PyModule_Create(&module_def);
 }

@@ -83,7 +83,7 @@ def start_run(uri: str, experiment: str, run_name: str, params: dict, parent_run
     Every config value is logged as a param."""
     client = MlflowClient(uri)
     found = client.get_experiment_by_name(experiment)
-    experiment_id = found.experiment_id if found else client.create_experiment(experiment)
+    experiment_id = found.experiment_id if found else client.create_experiment(experiment, _artifact_location(uri))
     runs = client.search_runs(
         [experiment_id], filter_string=f"tags.`{RUN_NAME_TAG}` = '{run_name}'", order_by=["attributes.start_time DESC"]
     )
@@ -102,6 +102,14 @@ def start_run(uri: str, experiment: str, run_name: str, params: dict, parent_run
             batch = list(safe.items())[start : start + 90]
             client.log_batch(run_id, params=[mlflow.entities.Param(k, str(v)[:6000]) for k, v in batch])
     return Tracker(uri, run_id)
+
+
+def _artifact_location(uri: str) -> str | None:
+    """Artifacts of a local sqlite store go beside the database (MLflow's default is ./mlruns in the current
+    directory, wherever that is); a tracking server decides for itself."""
+    if uri.startswith("sqlite:///"):
+        return (Path(uri[len("sqlite:///") :]).parent / "mlartifacts").resolve().as_uri()
+    return None
 
 
 def finish_run(tracker: Tracker, status: str = "FINISHED") -> None:

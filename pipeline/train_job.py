@@ -53,6 +53,7 @@ class TrainOutcome:
     tracking_uri: str
     experiment: str
     metrics: dict  # the best epoch's
+    ap_per_class: dict[str, float]  # validation AP of each class at the best epoch
     checkpoint: str
     version: str
     champion: bool
@@ -165,7 +166,7 @@ def log_results(cfg: TrainConfig, tracker: Tracker, datasets: Datasets, checkpoi
     shape = (1, cfg.num_segments, 3, cfg.frame_size, cfg.frame_size)
     tracker.log_text(complexity_report(models, shape) + "\n", "complexity.txt")
     names = datasets.train.class_names
-    tracker.log_dict({names[k]: ap for k, ap in enumerate(meta.get("ap_per_class", []))}, "val_ap_per_class.json")
+    tracker.log_dict({names[k]: ap for k, ap in enumerate(meta["ap_per_class"])}, "val_ap_per_class.json")
 
     clips = sample_clips(cfg, datasets.val)
     model = models[cfg.arch]
@@ -214,8 +215,17 @@ def run_training(cfg: TrainConfig, datasets: Datasets | None = None) -> TrainOut
         finish_run(tracker, "FAILED")
         raise
     logger.info(message)
-    return TrainOutcome(tracker.run_id, uri, cfg.experiment, meta["metrics"], checkpoint.path, version, champion,
-                        message)  # fmt: skip
+    names = datasets.train.class_names
+    per_class = {names[k]: ap for k, ap in enumerate(meta["ap_per_class"])}
+    return TrainOutcome(tracker.run_id, uri, cfg.experiment, meta["metrics"], per_class, checkpoint.path, version,
+                        champion, message)  # fmt: skip
+
+
+def _per_class_text(ap: dict[str, float], shown: int = 16) -> str:
+    items = sorted(ap.items(), key=lambda kv: -np.nan_to_num(kv[1], nan=-1.0))
+    if len(items) > shown:  # the best and the worst few
+        items = items[: shown // 2] + [("...", float("nan"))] + items[-shown // 2 :]
+    return ", ".join(name if name == "..." else f"{name} {value:.2f}" for name, value in items)
 
 
 def summary(outcome: TrainOutcome) -> str:
@@ -224,6 +234,7 @@ def summary(outcome: TrainOutcome) -> str:
     lines = [
         f"best epoch {m['epoch']}: val_map {m['val_map']:.4f} (over videos), val_map_classes "
         f"{m['val_map_classes']:.4f}, train_loss {m['train_loss']:.4f}, {m['clips_per_s']:.1f} clips/s",
+        "validation AP per class: " + _per_class_text(outcome.ap_per_class),
         outcome.message,
         f"MLflow run: {outcome.run_id} (experiment {outcome.experiment})",
         f"checkpoint: {outcome.checkpoint}",

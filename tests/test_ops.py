@@ -180,7 +180,7 @@ def test_torch_compile_fullgraph_sees_one_op():
 def test_reference_fallback_warns_once_without_extension():
     """Where the extension is missing, the op falls back to the reference with one warning."""
     code = (
-        "import sys, warnings, torch; sys.modules['tin_core._C'] = None\n"
+        "import sys, warnings, torch; sys.modules['tin_ops'] = None\n"
         "from tin_core import temporal_interlace, interlace_backends\n"
         "assert interlace_backends() == {'cpu': False, 'cuda': False}\n"
         "with warnings.catch_warnings(record=True) as w:\n"

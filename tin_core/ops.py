@@ -1,9 +1,10 @@
 """The temporal interlace op and TSM's temporal shift.
 
-`temporal_interlace` dispatches to the compiled `torch.ops.tin.interlace` (kernels in `cuda/`, built into
-`tin_core._C`). This module registers the op's fake implementation (so `torch.compile` and `torch.export` trace it as
-one op) and its autograd formula, and keeps a pure-PyTorch reference, written independently of the kernels, that tests
-compare against and that serves as the fallback where no compiled kernel exists for the tensor's device.
+`temporal_interlace` dispatches to the compiled `torch.ops.tin.interlace` (kernels in `cuda/`, built into the
+top-level extension module `tin_ops`). This module registers the op's fake implementation (so `torch.compile` and
+`torch.export` trace it as one op) and its autograd formula, and keeps a pure-PyTorch reference, written
+independently of the kernels, that tests compare against and that serves as the fallback where no compiled kernel
+exists for the tensor's device.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import warnings
 import torch
 
 try:
-    from tin_core import _C  # noqa: F401  (importing registers torch.ops.tin)
+    import tin_ops  # noqa: F401  (importing registers torch.ops.tin)
 
     _IMPORT_ERROR: ImportError | None = None
 except ImportError as error:  # the extension was not built: reference fallback
