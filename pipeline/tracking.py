@@ -126,7 +126,9 @@ def log_and_register_model(
 ) -> tuple[str, bool, str]:
     """Log the pyfunc model to the run, register a new version, and move the `champion` alias to it only if its
     validation mAP beats the current champion's. Returns (version, became_champion, message)."""
-    from mlflow.models import infer_signature
+    import numpy as np
+    from mlflow.models import ModelSignature
+    from mlflow.types import Schema, TensorSpec
 
     from pipeline.serving import MODEL_CONFIG, WEIGHTS
 
@@ -135,7 +137,11 @@ def log_and_register_model(
     with tempfile.TemporaryDirectory() as tmp:
         config_path = Path(tmp) / "model_config.json"
         config_path.write_text(json.dumps(model_config))
-        signature = infer_signature(example, _predict_shape(example, model_config["num_classes"]))
+        # Any frame size is accepted (the model crops to its own); the clip length is the model's.
+        signature = ModelSignature(
+            inputs=Schema([TensorSpec(np.dtype(np.uint8), (-1, model_config["num_segments"], -1, -1, 3))]),
+            outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, model_config["num_classes"]))]),
+        )
         with mlflow.start_run(run_id=tracker.run_id):
             info = mlflow.pyfunc.log_model(
                 name="model",
@@ -143,11 +149,12 @@ def log_and_register_model(
                 artifacts={WEIGHTS: str(weights_path), MODEL_CONFIG: str(config_path)},
                 code_paths=[str(repo / "tin_core"), str(repo / "pipeline")],
                 signature=signature,
+                input_example=example,
                 pip_requirements=["torch==2.14.1", "torchvision==0.29.1", "numpy", "mlflow==3.17.*"],
                 metadata={"val_map": val_map, "class_names": model_config["class_names"]},
             )
     client = tracker.client
-    version = mlflow.register_model(info.model_uri, register_as, tags={"val_map": f"{val_map:.6f}"}).version
+    version = str(mlflow.register_model(info.model_uri, register_as, tags={"val_map": f"{val_map:.6f}"}).version)
     client.set_model_version_tag(register_as, version, "run_id", tracker.run_id)
     try:
         champion = client.get_model_version_by_alias(register_as, CHAMPION)
@@ -164,9 +171,3 @@ def log_and_register_model(
         f"{champion.version} (val_map {champion_map:.4f})"
     )
     return version, False, message
-
-
-def _predict_shape(example, num_classes: int):
-    import numpy as np
-
-    return np.zeros((example.shape[0], num_classes), dtype=np.float32)

@@ -52,7 +52,8 @@ class TrainOutcome:
     run_id: str
     tracking_uri: str
     experiment: str
-    metrics: dict  # the best epoch's
+    metrics: dict  # the best epoch's (the registered model's)
+    last_metrics: dict  # the last epoch's
     ap_per_class: dict[str, float]  # validation AP of each class at the best epoch
     checkpoint: str
     version: str
@@ -217,8 +218,8 @@ def run_training(cfg: TrainConfig, datasets: Datasets | None = None) -> TrainOut
     logger.info(message)
     names = datasets.train.class_names
     per_class = {names[k]: ap for k, ap in enumerate(meta["ap_per_class"])}
-    return TrainOutcome(tracker.run_id, uri, cfg.experiment, meta["metrics"], per_class, checkpoint.path, version,
-                        champion, message)  # fmt: skip
+    return TrainOutcome(tracker.run_id, uri, cfg.experiment, meta["metrics"], result.metrics, per_class,
+                        checkpoint.path, version, champion, message)  # fmt: skip
 
 
 def _per_class_text(ap: dict[str, float], shown: int = 16) -> str:

@@ -196,6 +196,7 @@ def train_loop_per_worker(config: dict) -> None:
             "lr": cfg.lr * lr_factor(cfg, epoch + 1 - 1e-9),
             "bad_videos": sum(bad.values()),
             "bad_video_fraction": sum(bad.values()) / max(seen, 1),
+            "resumed_from_epoch": start_epoch - 1,  # -1: this worker group started from scratch
             "train_seconds": trained - started,
             "val_seconds": validated - trained,
         }

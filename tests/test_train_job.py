@@ -1,0 +1,251 @@
+"""The training job end to end on tiny data, on one real local Ray cluster: DDP and DeepSpeed with 2 workers,
+a killed worker resumed from its checkpoint, rerunning a name, data and checkpoints on S3, the MLflow registry and a
+fresh process loading the champion without unpickling, and errors before any Ray work."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import boto3
+import numpy as np
+import pytest
+import ray
+from mlflow.tracking import MlflowClient
+
+from pipeline.config import TrainConfig
+from pipeline.synthetic import SyntheticSpec, generate_mmit
+from pipeline.tracking import EPOCH_METRICS, Tracker, log_and_register_model, start_run
+from pipeline.train_job import run_training
+
+REPO = Path(__file__).resolve().parents[1]
+STABLE_METRICS = ["train_loss", "val_map", "val_map_classes", "clips_per_s", "data_wait_fraction"]
+
+
+@pytest.fixture(scope="module")
+def moto_s3():
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory, moto_s3):
+    """A local Ray cluster for the module (4 logical CPUs on 2 cores: 2 training workers plus decoding), token auth
+    disabled explicitly (loopback only; the job-submission test runs with token auth on)."""
+    env = {
+        "RAY_AUTH_MODE": "disabled",
+        "AWS_ENDPOINT_URL": moto_s3,
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "TIN_CACHE_DIR": str(tmp_path_factory.mktemp("cache")),
+    }
+    old = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    temp_dir = tmp_path_factory.mktemp("ray")
+    ray.init(num_cpus=4, include_dashboard=False, logging_level="ERROR", _temp_dir=str(temp_dir))
+    yield temp_dir
+    ray.shutdown()
+    for k, v in old.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
+@pytest.fixture(scope="module")
+def tiny_root(tmp_path_factory) -> Path:
+    return generate_mmit(tmp_path_factory.mktemp("data") / "mmit", SyntheticSpec(num_train=16, num_val=8, frames=12,
+                                                                                size=32))  # fmt: skip
+
+
+def tiny_config(tmp_path: Path, root, name: str, **overrides) -> TrainConfig:
+    values = dict(
+        data=str(root), num_segments=4, frame_size=32, epochs=2, batch_size=4, num_workers=2, cpus_per_worker=0.5,
+        decoders=1, storage=str(tmp_path / "checkpoints"), name=name, mlflow_uri=f"sqlite:///{tmp_path}/mlflow.db",
+        experiment="tests", register_as=f"tiny-{name}", warmup_epochs=0.5,
+    )  # fmt: skip
+    values.update(overrides)
+    return TrainConfig(**values)
+
+
+def test_ddp_two_workers_end_to_end(cluster, tiny_root, tmp_path):
+    cfg = tiny_config(tmp_path, tiny_root, "ddp")
+    outcome = run_training(cfg)
+    client = MlflowClient(cfg.mlflow_uri)
+    run = client.get_run(outcome.run_id)
+    for key in STABLE_METRICS:
+        assert [m.step for m in client.get_metric_history(outcome.run_id, key)] == [0, 1], key
+    assert {"val_top1", "val_top5"}.isdisjoint(run.data.metrics)  # multi-label data: no top-k
+    assert set(run.data.params) >= {f.name for f in dataclasses.fields(TrainConfig)}
+    assert run.data.params["arch"] == "tin" and run.info.status == "FINISHED"
+    artifacts = {a.path for a in client.list_artifacts(outcome.run_id)}
+    assert {"config.yaml", "complexity.txt", "val_ap_per_class.json", "plots"} <= artifacts
+    plots = {a.path for a in client.list_artifacts(outcome.run_id, "plots")}
+    assert plots == {"plots/offsets_per_layer.png", "plots/weights_per_frame.png"}
+    assert outcome.metrics["val_videos"] == 8 and 0 <= outcome.metrics["val_map"] <= 1
+    # Every epoch checkpointed under a stable name, in the run's storage folder.
+    epochs = sorted(p.name for p in (tmp_path / "checkpoints" / "ddp").glob("epoch-*"))
+    assert epochs == ["epoch-0000", "epoch-0001"]
+    assert {"model.pt", "train_state.pt", "meta.json"} <= {p.name for p in (tmp_path / "checkpoints" / "ddp" /
+                                                                            epochs[-1]).iterdir()}  # fmt: skip
+    champion = client.get_model_version_by_alias("tiny-ddp", "champion")
+    assert str(champion.version) == outcome.version == "1" and outcome.champion
+    assert champion.run_id == outcome.run_id  # the model was logged to this run
+
+    # Rerunning the same name resumes from its last checkpoint: only the new epoch is trained.
+    more = run_training(dataclasses.replace(cfg, epochs=3))
+    assert more.last_metrics["epoch"] == 2 and more.last_metrics["resumed_from_epoch"] == 1
+    assert (tmp_path / "checkpoints" / "ddp" / "epoch-0002").is_dir()
+
+    # A fresh process loads the champion without unpickling anything and predicts from uint8 clips.
+    code = (
+        "import mlflow, numpy as np\n"
+        f"mlflow.set_tracking_uri('{cfg.mlflow_uri}')\n"
+        "model = mlflow.pyfunc.load_model('models:/tiny-ddp@champion')\n"
+        "probs = model.predict(np.random.default_rng(0).integers(0, 255, (3, 4, 40, 48, 3), dtype=np.uint8))\n"
+        "assert probs.shape == (3, 12) and ((probs >= 0) & (probs <= 1)).all(), probs\n"
+        "print('ok', probs.dtype)\n"
+    )
+    env = {**os.environ, "MLFLOW_ALLOW_PICKLE_DESERIALIZATION": "false"}
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd="/")
+    assert result.returncode == 0 and "ok float32" in result.stdout, result.stderr[-3000:]
+
+    # The documented helper prints top-k labels for video paths.
+    video = next((tiny_root / "videos").rglob("*.mp4"))
+    result = subprocess.run(
+        [sys.executable, str(REPO / "jobs" / "predict.py"), "--model", "models:/tiny-ddp@champion", "--top-k", "3",
+         "--mlflow-uri", cfg.mlflow_uri, str(video)], capture_output=True, text=True, env=env,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    line = result.stdout.strip().splitlines()[-1]
+    assert line.startswith(str(video)) and line.count(",") == 2
+
+
+def test_deepspeed_two_workers(cluster, tiny_root, tmp_path):
+    cfg = tiny_config(tmp_path, tiny_root, "zero2", strategy="deepspeed", zero_stage=2, epochs=1)
+    outcome = run_training(cfg)
+    checkpoint = tmp_path / "checkpoints" / "zero2" / "epoch-0000"
+    partitions = sorted(p.name for p in (checkpoint / "deepspeed").glob("*optim_states.pt"))
+    assert len(partitions) == 2, partitions  # one ZeRO optimizer partition from each rank
+    assert (checkpoint / "model.pt").is_file() and outcome.version == "1"
+
+
+def test_killed_worker_resumes_from_checkpoint(cluster, tiny_root, tmp_path):
+    cfg = tiny_config(tmp_path, tiny_root, "killed", epochs=4, max_failures=2)
+    box = {}
+    thread = threading.Thread(target=lambda: box.update(outcome=run_training(cfg)))
+    thread.start()
+    first = tmp_path / "checkpoints" / "killed" / "epoch-0000"
+    deadline = time.time() + 300
+    while not first.is_dir() and time.time() < deadline:
+        time.sleep(0.5)
+    assert first.is_dir(), "no first checkpoint"
+    workers = train_worker_pids(cluster)
+    assert len(workers) == 2, workers
+    os.kill(workers[-1], signal.SIGKILL)
+    thread.join(timeout=600)
+    outcome = box["outcome"]  # raises KeyError if the run failed instead of recovering
+    assert outcome.last_metrics["epoch"] == 3
+    assert outcome.last_metrics["resumed_from_epoch"] >= 0, "the finishing worker group must have restored a checkpoint"
+    history = MlflowClient(cfg.mlflow_uri).get_metric_history(outcome.run_id, "val_map")
+    assert sorted({m.step for m in history}) == [0, 1, 2, 3], "every epoch is reported, none lost to the restart"
+    last = sorted(p.name for p in (tmp_path / "checkpoints" / "killed").glob("epoch-*"))
+    assert last[-1] == "epoch-0003"
+
+
+def train_worker_pids(temp_dir: Path) -> list[int]:
+    """PIDs of the Ray Train worker processes of this module's cluster (children of its raylet)."""
+    import psutil
+
+    raylets = [p for p in psutil.process_iter(["cmdline"]) if any("raylet" in a for a in p.info["cmdline"] or [])
+               and any(str(temp_dir) in a for a in p.info["cmdline"] or [])]  # fmt: skip
+    return sorted(
+        child.pid
+        for raylet in raylets
+        for child in raylet.children(recursive=True)
+        if " ".join(child.cmdline()).startswith("ray::RayTrainWorker")
+    )
+
+
+def test_data_and_checkpoints_on_s3(cluster, moto_s3, tiny_root, tmp_path):
+    import s3fs
+
+    s3fs.S3FileSystem.clear_instance_cache()
+    client = boto3.client("s3", endpoint_url=moto_s3, region_name="us-east-1")
+    client.create_bucket(Bucket="tin-data")
+    client.create_bucket(Bucket="tin-ckpt")
+    for path in tiny_root.rglob("*"):
+        if path.is_file():
+            client.upload_file(str(path), "tin-data", f"mmit/{path.relative_to(tiny_root)}")
+    cfg = tiny_config(tmp_path, "s3://tin-data/mmit", "on-s3", storage="s3://tin-ckpt/runs", epochs=1)
+    outcome = run_training(cfg)
+    keys = [o["Key"] for o in client.list_objects_v2(Bucket="tin-ckpt", Prefix="runs/on-s3/")["Contents"]]
+    assert {"runs/on-s3/epoch-0000/model.pt", "runs/on-s3/epoch-0000/meta.json"} <= set(keys)
+    assert outcome.checkpoint.endswith("epoch-0000") and outcome.metrics["val_videos"] == 8
+
+
+def test_champion_moves_only_on_better_map(tmp_path):
+    """The registry rule on a real MLflow store: each run registers a version; the alias follows the best mAP."""
+    import torch
+
+    from pipeline.serving import model_config
+    from pipeline.train_loop import model_from_config
+
+    cfg = tiny_config(tmp_path, "unused", "rule", epochs=1)
+    weights = tmp_path / "model.pt"
+    torch.save(model_from_config(cfg, 3).state_dict(), weights)
+    config = model_config(cfg, 3, ["a", "b", "c"], True)
+    example = np.zeros((1, 4, 32, 32, 3), dtype=np.uint8)
+    results = []
+    for i, val_map in enumerate([0.5, 0.4, 0.6]):
+        tracker = start_run(cfg.mlflow_uri, "rule", f"run-{i}", {"i": i})
+        results.append(log_and_register_model(tracker, weights, config, "rule-model", val_map, example))
+    assert [(v, c) for v, c, _ in results] == [("1", True), ("2", False), ("3", True)]
+    assert "champion stays version 1" in results[1][2] and "beats version 1" in results[2][2]
+    client = MlflowClient(cfg.mlflow_uri)
+    assert str(client.get_model_version_by_alias("rule-model", "champion").version) == "3"
+    assert isinstance(tracker, Tracker) and "val_map" in EPOCH_METRICS
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--data", "/nonexistent/mmit"], "--data /nonexistent/mmit: no such directory"),
+        (["--arch", "i3d"], "--arch must be tin, tsm or tsn"),
+        (["--batch-size", "0"], "--batch-size must be >= 1"),
+        (["--epochs", "two"], "invalid int value"),
+    ],
+)
+def test_bad_input_fails_before_ray(args, message, tmp_path):
+    start = time.time()
+    result = subprocess.run([sys.executable, str(REPO / "jobs" / "train_mmit.py"), *args], capture_output=True,
+                            text=True, env={**os.environ, "TIN_CACHE_DIR": str(tmp_path)}, timeout=120)  # fmt: skip
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert "Started a local Ray instance" not in result.stdout + result.stderr
+    assert time.time() - start < 60
+
+
+def test_bad_annotations_name_file_and_line(tmp_path, tiny_root):
+    import shutil
+
+    root = tmp_path / "mmit"
+    shutil.copytree(tiny_root, root)
+    with open(root / "trainingSet.csv", "a") as f:
+        f.write("moving_left/missing.mp4,99\n")
+    result = subprocess.run([sys.executable, str(REPO / "jobs" / "train_mmit.py"), "--data", str(root)],
+                            capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert result.returncode == 2
+    assert "trainingSet.csv line 17" in result.stderr and "99" in result.stderr
