@@ -109,39 +109,47 @@ def _parse_bool(text: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
 
 
-def add_config_arguments(parser: argparse.ArgumentParser, cls=TrainConfig) -> None:
+_TUPLE_TYPES = {"tuple[int, ...]": int, "tuple[float, ...]": float, "tuple[str, ...]": str}
+
+
+def add_config_arguments(parser, cls=TrainConfig, with_config_file: bool = True) -> None:
     """One flag per field (kebab-case), with the field's help; booleans also get --no-FLAG."""
-    parser.add_argument("--config", help="YAML file with any of these keys (flags win over it)")
+    if with_config_file:
+        parser.add_argument("--config", help="YAML file with any of these keys (flags win over it)")
     for f in dataclasses.fields(cls):
         flag = "--" + f.name.replace("_", "-")
         help_text = f"{f.metadata.get('help', '')} (default: {f.default!r})"
-        if f.type in (bool, "bool"):
+        kind = f.type if isinstance(f.type, str) else f.type.__name__
+        if kind == "bool":
             parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=help_text)
-        elif f.type in ("tuple[int, ...]",):
-            parser.add_argument(flag, dest=f.name, type=int, nargs="+", default=None, help=help_text)
+        elif kind in _TUPLE_TYPES:
+            parser.add_argument(flag, dest=f.name, type=_TUPLE_TYPES[kind], nargs="+", default=None, help=help_text)
         else:
-            kind = {"int": int, "float": float, "str": str}[f.type if isinstance(f.type, str) else f.type.__name__]
-            parser.add_argument(flag, dest=f.name, type=kind, default=None, help=help_text)
+            parser.add_argument(flag, dest=f.name, type={"int": int, "float": float, "str": str}[kind], default=None,
+                                help=help_text)  # fmt: skip
 
 
-def config_from_args(args: argparse.Namespace, cls=TrainConfig):
-    """Defaults, then the YAML file, then the flags given on the command line."""
+def config_from_args(args: argparse.Namespace, cls=TrainConfig, ignore=None, use_config_file: bool = True):
+    """Defaults, then the YAML file, then the flags given on the command line. `ignore`: a dataclass whose flags
+    share the parser (a sweep's) and are not this config's."""
+    known = {f.name for f in dataclasses.fields(cls)}
     values: dict = {}
-    if getattr(args, "config", None):
+    if use_config_file and getattr(args, "config", None):
         path = Path(args.config)
         if not path.is_file():
             raise ValueError(f"--config {args.config}: no such file")
         loaded = yaml.safe_load(path.read_text()) or {}
         if not isinstance(loaded, dict):
             raise ValueError(f"--config {args.config}: expected a mapping of keys to values")
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(k.replace("-", "_") for k in loaded) - known)
+        loaded = {k.replace("-", "_"): v for k, v in loaded.items()}
+        unknown = sorted(set(loaded) - known)
         if unknown:
             raise ValueError(f"--config {args.config}: unknown keys {unknown}")
-        values.update({k.replace("-", "_"): v for k, v in loaded.items()})
-    values.update({k: v for k, v in vars(args).items() if k != "config" and v is not None})
-    if "lr_steps" in values:
-        values["lr_steps"] = tuple(values["lr_steps"])
+        values.update(loaded)
+    values.update({k: v for k, v in vars(args).items() if k in known and v is not None})
+    for f in dataclasses.fields(cls):
+        if f.name in values and (f.type if isinstance(f.type, str) else "") in _TUPLE_TYPES:
+            values[f.name] = tuple(values[f.name])
     config = cls(**values)
     config.validate()
     return config

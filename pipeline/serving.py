@@ -11,6 +11,7 @@ MLFLOW_ALLOW_PICKLE_DESERIALIZATION=false.
 from __future__ import annotations
 
 import json
+import warnings
 
 import mlflow.pyfunc
 import numpy as np
@@ -51,6 +52,10 @@ def build_from_model_config(config: dict) -> torch.nn.Module:
         groups=config["groups"],
         reverse=config["reverse"],
     )
+
+
+# MLflow suggests type hints on predict() for its own validation; the model's tensor signature already does that.
+warnings.filterwarnings("ignore", message="Add type hints to the `predict` method")
 
 
 class ClipClassifier(mlflow.pyfunc.PythonModel):

@@ -99,10 +99,28 @@ def worker_env() -> dict[str, str]:
     return env
 
 
-def build_trainer(cfg: TrainConfig, datasets: Datasets, tracker: Tracker | None, run_name: str) -> TorchTrainer:
-    total_cpus = ray.cluster_resources().get("CPU", 1.0)
-    free_cpus = max(total_cpus - (0 if cfg.use_gpu else cfg.num_workers * cfg.cpus_per_worker), 0.5)
-    cpus_per_decoder = max(0.25, min(1.0, free_cpus / cfg.decoders))
+def trial_cpus(cfg: TrainConfig) -> float:
+    """CPUs one training run wants: its workers' reservations and one CPU per decoder."""
+    return (0 if cfg.use_gpu else cfg.num_workers * cfg.cpus_per_worker) + cfg.decoders
+
+
+def build_trainer(
+    cfg: TrainConfig,
+    datasets: Datasets,
+    tracker: Tracker | None,
+    run_name: str,
+    callbacks: list | None = None,
+    cpu_budget: float | None = None,
+) -> TorchTrainer:
+    """A TorchTrainer for `cfg`. Decoders share the CPUs of `cpu_budget` (default: the cluster's) that the workers
+    leave free."""
+    total_cpus = cpu_budget or ray.cluster_resources().get("CPU", 1.0)
+    free_cpus = total_cpus - (0 if cfg.use_gpu else cfg.num_workers * cfg.cpus_per_worker)
+    if free_cpus <= 0:
+        raise ValueError(f"--num-workers {cfg.num_workers} x --cpus-per-worker {cfg.cpus_per_worker} leave no CPU of "
+                         f"{total_cpus:g} for decoding videos")  # fmt: skip
+    # Never more than what is free (Ray would wait for it forever), at most a whole CPU per decoding task.
+    cpus_per_decoder = min(1.0, free_cpus / cfg.decoders)
     train_rows = manifest_rows(datasets.train)
     spec = clip_spec(cfg)
     train_ds = clip_dataset(
@@ -134,6 +152,7 @@ def build_trainer(cfg: TrainConfig, datasets: Datasets, tracker: Tracker | None,
             ),
             failure_config=FailureConfig(max_failures=cfg.max_failures),
             worker_runtime_env={"env_vars": worker_env()},
+            callbacks=callbacks,
         ),
     )
 
@@ -182,40 +201,55 @@ def log_results(cfg: TrainConfig, tracker: Tracker, datasets: Datasets, checkpoi
     )
 
 
-def run_training(cfg: TrainConfig, datasets: Datasets | None = None) -> TrainOutcome:
-    datasets = datasets or preflight(cfg)
-    run_name = cfg.name or f"{cfg.arch}-{time.strftime('%Y%m%d-%H%M%S')}"
-    uri = tracking_uri(cfg.mlflow_uri)
+def connect_ray() -> None:
     if not ray.is_initialized():
         ray.init()  # joins the cluster of `ray job submit` (RAY_ADDRESS), else starts a local one
     # Pin the address for Ray's own helper processes: "auto" would be ambiguous beside another cluster on the host.
     os.environ["RAY_ADDRESS"] = ray.get_runtime_context().gcs_address
     ray.data.DataContext.get_current().enable_progress_bars = False
+
+
+def raise_on_bad_videos(metrics: dict, cfg: TrainConfig, root: str) -> None:
+    if metrics.get("stopped_bad_videos"):
+        raise TooManyBadVideos(
+            f"stopped at epoch {metrics['epoch']}: {metrics['bad_videos']} videos could not be decoded "
+            f"({metrics['bad_video_fraction']:.1%} > --max-bad-fraction {cfg.max_bad_fraction}); by reason "
+            f"{metrics['bad_by_reason']}. Run `python -m pipeline check {root}` to list them."
+        )
+
+
+def register_checkpoint(cfg: TrainConfig, tracker: Tracker, datasets: Datasets, checkpoint: ray.train.Checkpoint):
+    """Log artifacts and the model of `checkpoint` to the run and register it. Returns (meta, version, champion,
+    message)."""
+    with checkpoint.as_directory() as directory:
+        meta = json.loads((Path(directory) / META_FILE).read_text())
+        with tempfile.TemporaryDirectory() as keep:  # the checkpoint dir may be a temporary download
+            local = Path(keep)
+            (local / MODEL_FILE).write_bytes((Path(directory) / MODEL_FILE).read_bytes())
+            version, champion, message = log_results(cfg, tracker, datasets, local, meta)
+    tracker.set_tag("registered_version", f"{cfg.register_as}/{version}")
+    logger.info(message)
+    return meta, version, champion, message
+
+
+def run_training(cfg: TrainConfig, datasets: Datasets | None = None) -> TrainOutcome:
+    datasets = datasets or preflight(cfg)
+    run_name = cfg.name or f"{cfg.arch}-{time.strftime('%Y%m%d-%H%M%S')}"
+    uri = tracking_uri(cfg.mlflow_uri)
+    connect_ray()
     tracker = start_run(uri, cfg.experiment, run_name, {**cfg.to_dict(), "data": datasets.root, "name": run_name})
     logger.info("MLflow run %s in %s", tracker.run_id, redact(uri))
     try:
         result = build_trainer(cfg, datasets, tracker, run_name).fit()
         if result.error:
             raise result.error
-        if result.metrics.get("stopped_bad_videos"):
-            raise TooManyBadVideos(
-                f"stopped at epoch {result.metrics['epoch']}: {result.metrics['bad_videos']} videos could not be "
-                f"decoded ({result.metrics['bad_video_fraction']:.1%} > --max-bad-fraction {cfg.max_bad_fraction}); "
-                f"by reason {result.metrics['bad_by_reason']}. Run `python -m pipeline check {datasets.root}`."
-            )
+        raise_on_bad_videos(result.metrics, cfg, datasets.root)
         checkpoint, _ = best_checkpoint(result)
-        with checkpoint.as_directory() as directory:
-            meta = json.loads((Path(directory) / META_FILE).read_text())
-            with tempfile.TemporaryDirectory() as keep:  # the checkpoint dir may be a temporary download
-                local = Path(keep)
-                (local / MODEL_FILE).write_bytes((Path(directory) / MODEL_FILE).read_bytes())
-                version, champion, message = log_results(cfg, tracker, datasets, local, meta)
-        tracker.set_tag("registered_version", f"{cfg.register_as}/{version}")
+        meta, version, champion, message = register_checkpoint(cfg, tracker, datasets, checkpoint)
         finish_run(tracker)
     except BaseException:
         finish_run(tracker, "FAILED")
         raise
-    logger.info(message)
     names = datasets.train.class_names
     per_class = {names[k]: ap for k, ap in enumerate(meta["ap_per_class"])}
     return TrainOutcome(tracker.run_id, uri, cfg.experiment, meta["metrics"], result.metrics, per_class,
