@@ -21,7 +21,6 @@ from ray.tune.schedulers import ASHAScheduler
 from pipeline import storage
 from pipeline.config import TrainConfig, _help
 from pipeline.tracking import Tracker, finish_run, redact, start_run, tracking_uri
-from pipeline.train_loop import model_from_config
 from pipeline.train_job import (
     Datasets,
     build_trainer,
@@ -31,6 +30,7 @@ from pipeline.train_job import (
     register_checkpoint,
     trial_cpus,
 )
+from pipeline.train_loop import model_from_config
 
 logger = logging.getLogger(__name__)
 
