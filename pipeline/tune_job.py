@@ -120,7 +120,8 @@ def trial_id_of(result) -> str:
     return f"{parts[2]}_{parts[3]}"
 
 
-def summarize(results) -> list[TrialRow]:
+def summarize(results, max_epochs: int) -> list[TrialRow]:
+    """One row per trial: DONE (all epochs), STOPPED (early, by ASHA) or ERROR."""
     rows = []
     for result in results:
         history = result.metrics_dataframe
@@ -128,7 +129,7 @@ def summarize(results) -> list[TrialRow]:
         rows.append(
             TrialRow(
                 trial_id=trial_id_of(result),
-                status="ERROR" if result.error else "OK",
+                status="ERROR" if result.error else ("DONE" if len(maps) >= max_epochs else "STOPPED"),
                 config={k: result.config[k] for k in SAMPLED},
                 best_val_map=max(maps) if maps else float("nan"),
                 epochs=len(maps),
@@ -220,7 +221,8 @@ def run_sweep(base: TrainConfig, sweep: SweepConfig, datasets: Datasets | None =
     )
     try:
         results = tuner.fit()
-        rows = summarize(results)
+        _close_stopped_trial_runs(parent)
+        rows = summarize(results, base.epochs)
         table = format_table(rows)
         parent.log_text(table + "\n", "sweep_summary.txt")
         parent.log_dict({"trials": [r.__dict__ for r in rows]}, "sweep_summary.json")
@@ -235,6 +237,17 @@ def run_sweep(base: TrainConfig, sweep: SweepConfig, datasets: Datasets | None =
         finish_run(parent, "FAILED")
         raise
     return SweepOutcome(parent.run_id, table, rows, trial_id_of(best), version, message)
+
+
+def _close_stopped_trial_runs(parent: Tracker) -> None:
+    """ASHA stops a trial by ending its process, so its MLflow run cannot end itself: record it as KILLED."""
+    client = parent.client
+    experiment_id = client.get_run(parent.run_id).info.experiment_id
+    query = f"tags.`mlflow.parentRunId` = '{parent.run_id}' and attributes.status = 'RUNNING'"
+    running = client.search_runs([experiment_id], filter_string=query)
+    for run in running:
+        client.set_tag(run.info.run_id, "stopped_early", "ASHA")
+        client.set_terminated(run.info.run_id, status="KILLED")
 
 
 def _trial_tracker(parent: Tracker, run_name: str) -> Tracker:
