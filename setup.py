@@ -21,7 +21,9 @@ from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, C
 
 ROOT = Path(__file__).parent
 SOURCES = ["cuda/interlace_cpu.cpp"]
-CXX_FLAGS = ["-O3"]
+# -fopenmp: at::parallel_for is an inline OpenMP loop; without the flag it silently runs on one thread.
+CXX_FLAGS = ["-O3", "-fopenmp"]
+LINK_FLAGS = ["-fopenmp"]
 
 
 def _cuda_available_for_build() -> tuple[bool, str]:
@@ -42,10 +44,11 @@ def _extension():
             "tin_ops",
             SOURCES + ["cuda/interlace_cuda.cu"],
             extra_compile_args={"cxx": CXX_FLAGS, "nvcc": ["-O3"]},
+            extra_link_args=LINK_FLAGS,
             py_limited_api=False,
         )
     print(f"tin_ops: building the CPU kernels only: {why}")
-    return CppExtension("tin_ops", SOURCES, extra_compile_args={"cxx": CXX_FLAGS})
+    return CppExtension("tin_ops", SOURCES, extra_compile_args={"cxx": CXX_FLAGS}, extra_link_args=LINK_FLAGS)
 
 
 setup(

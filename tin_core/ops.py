@@ -57,21 +57,26 @@ if _IMPORT_ERROR is None:
 
 
 def _check_interlace_shapes(x: torch.Tensor, offsets: torch.Tensor, weights: torch.Tensor) -> None:
-    shapes = f"x {tuple(x.shape)}, offsets {tuple(offsets.shape)}, weights {tuple(weights.shape)}"
+    problem = _interlace_shape_problem(x, offsets, weights)
+    if problem:
+        shapes = f"x {tuple(x.shape)}, offsets {tuple(offsets.shape)}, weights {tuple(weights.shape)}"
+        raise ValueError(f"temporal_interlace: {problem}; got {shapes}")
+
+
+def _interlace_shape_problem(x: torch.Tensor, offsets: torch.Tensor, weights: torch.Tensor) -> str | None:
     if x.dim() < 3 or offsets.dim() != 2 or weights.dim() != 3:
-        raise ValueError(f"temporal_interlace expects x [N, T, C, *S], offsets [N, G], weights [N, T, G]; got {shapes}")
+        return "expects x [N, T, C, *S], offsets [N, G], weights [N, T, G]"
     n, t, c = x.shape[:3]
     g = offsets.shape[1]
     if g < 1 or c % g != 0:
-        raise ValueError(f"temporal_interlace: channels C={c} are not divisible by groups G={g}; got {shapes}")
+        return f"channels C={c} are not divisible by groups G={g}"
     if offsets.shape[0] != n or weights.shape[0] != n:
-        raise ValueError(f"temporal_interlace: batch sizes differ (N={n} in x); got {shapes}")
+        return f"batch sizes differ (N={n} in x)"
     if weights.shape[1] != t or weights.shape[2] != g:
-        raise ValueError(f"temporal_interlace: weights must be [N, T, G] = [{n}, {t}, {g}]; got {shapes}")
+        return f"weights must be [N, T, G] = [{n}, {t}, {g}]"
     if not (x.is_floating_point() and offsets.is_floating_point() and weights.is_floating_point()):
-        raise ValueError(
-            f"temporal_interlace needs floating-point tensors; got {x.dtype}, {offsets.dtype}, {weights.dtype}"
-        )
+        return f"needs floating-point tensors, not {x.dtype}, {offsets.dtype}, {weights.dtype}"
+    return None
 
 
 def temporal_interlace(x: torch.Tensor, offsets: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
