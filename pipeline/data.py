@@ -12,6 +12,7 @@ dropped and counted by reason by the consumer (`BadVideoCounter`), never a crash
 from __future__ import annotations
 
 import logging
+import time
 from collections import Counter
 from dataclasses import dataclass
 
@@ -19,6 +20,7 @@ import numpy as np
 import ray
 import torch
 
+from pipeline import storage
 from pipeline.annotations import Manifest
 from pipeline.sampling import segment_indices
 from pipeline.transforms import ClipTransform, normalize
@@ -69,15 +71,39 @@ class ClipDecoder:
         self.rng = np.random.default_rng()  # fresh entropy per call: new samples every epoch
 
     def decode(self, uri: str) -> tuple[np.ndarray, int]:
+        """(clip, 0), or (zeros, reason code) for a video that cannot be decoded. Storage that does not answer is
+        retried with backoff for storage.RETRY_SECONDS, then raises StorageUnavailable: an outage stops the job
+        rather than being counted as bad videos."""
+        deadline = time.monotonic() + storage.RETRY_SECONDS
+        delay = 0.5
+        while True:
+            try:
+                return self._decode_once(uri)
+            except Exception as e:
+                if not storage.is_unavailable(e):
+                    raise
+                if time.monotonic() + delay > deadline:
+                    raise storage.StorageUnavailable(
+                        f"storage did not answer for {storage.RETRY_SECONDS:g} s reading {uri}: {e}"
+                    ) from e
+                logger.warning("storage unavailable reading %s (%s); retrying in %.1f s", uri, e, delay)
+                time.sleep(delay)
+                delay = min(delay * 2, 8.0)
+
+    def _decode_once(self, uri: str) -> tuple[np.ndarray, int]:
         try:
             frames, _ = decode_clip(
                 uri, lambda n: segment_indices(n, self.spec.num_segments, self.mode, self.rng), self.spec.short_side
             )
             return self.transform(frames, self.rng), 0
         except DecodeError as e:
+            if e.__cause__ is not None and storage.is_unavailable(e.__cause__):
+                raise e.__cause__ from e  # the store is away; the video may well be fine
             logger.warning("skipping video %s: %s", uri, e.reason)
             return np.zeros(self.clip_shape, dtype=np.uint8), reason_code(e.reason)
         except Exception as e:  # a decoder bug or odd file must not take the job down: skip and report it
+            if storage.is_unavailable(e):
+                raise
             logger.warning("skipping video %s: %s: %s", uri, type(e).__name__, e)
             return np.zeros(self.clip_shape, dtype=np.uint8), reason_code("other")
 

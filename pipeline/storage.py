@@ -64,6 +64,33 @@ def exists(uri: str) -> bool:
     return fs.exists(path)
 
 
+# How long a reader keeps retrying storage that does not answer before the job fails (workers inherit it).
+RETRY_SECONDS = float(os.environ.get("TIN_STORAGE_RETRY_SECONDS", "60"))
+
+
+class StorageUnavailable(ConnectionError):
+    """Storage did not answer within RETRY_SECONDS: the job stops (the data is not bad, the store is away)."""
+
+
+def is_unavailable(error: BaseException) -> bool:
+    """A connection failure (endpoint down, timeout), as opposed to a missing or unreadable object."""
+    if isinstance(error, (ConnectionError, TimeoutError)):
+        return True
+    try:
+        import botocore.exceptions
+
+        if isinstance(error, (botocore.exceptions.ConnectionError, botocore.exceptions.ReadTimeoutError)):
+            return True
+    except ImportError:
+        pass
+    try:
+        import aiohttp
+
+        return isinstance(error, (aiohttp.ClientConnectionError, aiohttp.ServerTimeoutError))
+    except ImportError:
+        return False
+
+
 def pyarrow_filesystem(uri: str):
     """(pyarrow filesystem or None, path) for Ray Train's storage: S3 with the same endpoint and region settings as
     s3fs above; None for local paths (Ray uses them as they are)."""
@@ -72,7 +99,7 @@ def pyarrow_filesystem(uri: str):
     from pyarrow import fs as pafs
 
     client = s3_options()["client_kwargs"]
-    kwargs = {}
+    kwargs = {"retry_strategy": pafs.AwsStandardS3RetryStrategy(max_attempts=10)}
     if "endpoint_url" in client:
         scheme, _, host = client["endpoint_url"].partition("://")
         kwargs.update(endpoint_override=host, scheme=scheme)

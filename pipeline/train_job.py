@@ -93,7 +93,7 @@ def preflight(cfg: TrainConfig) -> Datasets:
 def worker_env() -> dict[str, str]:
     """Environment of the training workers: DeepSpeed's accelerator and a project-local build cache for its ops."""
     env = {"TORCH_EXTENSIONS_DIR": str(DEFAULT_CACHE / "torch_extensions")}
-    for key in ("DS_ACCELERATOR", "AWS_ENDPOINT_URL", "AWS_DEFAULT_REGION", "AWS_REGION"):
+    for key in ("DS_ACCELERATOR", "AWS_ENDPOINT_URL", "AWS_DEFAULT_REGION", "AWS_REGION", "TIN_STORAGE_RETRY_SECONDS"):
         if key in os.environ:
             env[key] = os.environ[key]
     return env

@@ -1,0 +1,71 @@
+"""An S3 endpoint that goes away: a short outage is retried, a lasting one stops with a clear error instead of
+counting videos as bad."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+
+import boto3
+import numpy as np
+import pytest
+import s3fs
+from moto.server import ThreadedMotoServer
+
+from pipeline import storage
+from pipeline.data import ClipDecoder, ClipSpec
+from pipeline.synthetic import SyntheticSpec, generate_mmit
+
+
+@pytest.fixture
+def s3_clip(tmp_path, monkeypatch):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
+    server.start()
+    endpoint = f"http://127.0.0.1:{port}"
+    for key, value in {"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY":
+                       "testing", "AWS_DEFAULT_REGION": "us-east-1"}.items():  # fmt: skip
+        monkeypatch.setenv(key, value)
+    s3fs.S3FileSystem.clear_instance_cache()
+    root = generate_mmit(tmp_path / "mmit", SyntheticSpec(num_train=2, num_val=1, frames=12, size=32))
+    clip = next((root / "videos").rglob("*.mp4"))
+    client = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")
+    client.create_bucket(Bucket="outage")
+    client.upload_file(str(clip), "outage", "clip.mp4")
+    yield server, port, "s3://outage/clip.mp4"
+    server.stop()
+    s3fs.S3FileSystem.clear_instance_cache()
+
+
+def decoder() -> ClipDecoder:
+    return ClipDecoder(ClipSpec(num_segments=4, short_side=36, crop_size=32), 3, True, train=False)
+
+
+def test_short_outage_is_retried(s3_clip, monkeypatch):
+    server, port, uri = s3_clip
+    monkeypatch.setattr(storage, "RETRY_SECONDS", 90.0)
+    server.stop()
+    s3fs.S3FileSystem.clear_instance_cache()
+    restart = threading.Timer(4.0, lambda: ThreadedMotoServer(ip_address="127.0.0.1", port=port).start())
+    restart.start()  # moto keeps its buckets in this process: the restarted endpoint serves the same object
+    start = time.monotonic()
+    clip, status = decoder().decode(uri)
+    assert status == 0 and clip.shape == (4, 32, 32, 3) and clip.any()
+    assert time.monotonic() - start >= 4.0, "the read must have waited for the endpoint to come back"
+
+
+def test_lasting_outage_stops_with_a_clear_error(s3_clip, monkeypatch):
+    server, _, uri = s3_clip
+    monkeypatch.setattr(storage, "RETRY_SECONDS", 3.0)
+    server.stop()
+    s3fs.S3FileSystem.clear_instance_cache()
+    with pytest.raises(storage.StorageUnavailable, match="storage did not answer for 3 s reading s3://outage/clip.mp4"):
+        decoder().decode(uri)
+
+
+def test_missing_object_is_a_bad_video_not_an_outage(s3_clip):
+    clip, status = decoder().decode("s3://outage/missing.mp4")
+    assert status != 0 and not np.any(clip)
