@@ -3,10 +3,12 @@ tests that need them skip cleanly when it is absent."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
 import pytest
+import ray
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("TIN_SHARED_DIR", REPO.parent / "shared"))
@@ -26,3 +28,25 @@ def shared_annotations() -> Path:
     if not path.is_dir():
         pytest.skip(f"annotation samples not found at {path}")
     return path
+
+
+@contextlib.contextmanager
+def local_ray(temp_dir: Path, num_cpus: int, env: dict[str, str] | None = None, **init_args):
+    """One fresh local Ray cluster, never an existing one: `address="local"` ignores a `RAY_ADDRESS` or
+    /tmp/ray/ray_current_cluster left by another module. Token auth is disabled explicitly (loopback only, lives for
+    one module; the job-submission and local-stack tests run with token auth on). `env` is set in this process for
+    the cluster's life; it and `RAY_ADDRESS` (pinned by the training job's `connect_ray`) are restored after."""
+    env = {"RAY_AUTH_MODE": "disabled", **(env or {})}
+    old = {k: os.environ.get(k) for k in [*env, "RAY_ADDRESS"]}
+    os.environ.update(env)
+    ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, logging_level="ERROR",
+             _temp_dir=str(temp_dir), **init_args)  # fmt: skip
+    try:
+        yield
+    finally:
+        ray.shutdown()
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v

@@ -75,8 +75,9 @@ def expect_error(exc: pytest.ExceptionInfo, *parts: str) -> None:
 
 
 def test_manifest_num_classes_and_error_pickles():
-    manifest = Manifest(records=[VideoRecord("/v/a.mp4", (1,))], class_names=["a", "b", "c"], multi_label=False,
-                        skipped={})
+    manifest = Manifest(
+        records=[VideoRecord("/v/a.mp4", (1,))], class_names=["a", "b", "c"], multi_label=False, skipped={}
+    )
     assert manifest.num_classes == 3
     err = AnnotationError("s3://b/trainingSet.csv", 7, "class id 'abc' is not an integer")
     assert str(err) == "s3://b/trainingSet.csv line 7: class id 'abc' is not an integer"
@@ -97,9 +98,7 @@ def test_read_mmit_both_layouts(tmp_path, annotations_dir):
     assert manifest.multi_label is True
     assert manifest.num_classes == 313
     assert manifest.skipped == {}
-    assert manifest.records == [
-        VideoRecord(str(root / "videos" / path), labels) for path, labels in MMIT_ROWS
-    ]
+    assert manifest.records == [VideoRecord(str(root / "videos" / path), labels) for path, labels in MMIT_ROWS]
     assert manifest.class_names == mmit_v1_names()
 
     val = read_mmit(str(root), split="validation")
@@ -243,8 +242,12 @@ def test_load_class_names_real_mmit_v1_v2(shared_annotations):
         ("mmaction2__label_map_hmdb51.txt", 51, "brush_hair", "wave"),
         ("mmaction2__label_map_jester.txt", 27, "Swiping Left", "Doing other things"),
         ("mmaction2__label_map_k600.txt", 600, "abseiling", "zumba"),
-        ("mmaction2__label_map_sthv2.txt", 174, "Approaching something with your camera",
-         "Wiping something off of something"),
+        (
+            "mmaction2__label_map_sthv2.txt",
+            174,
+            "Approaching something with your camera",
+            "Wiping something off of something",
+        ),
         ("mmaction2__label_map_ucf101.txt", 101, "ApplyEyeMakeup", "YoYo"),
     ],
 )
@@ -337,7 +340,9 @@ def test_read_list_file_malformed_row(tmp_path, row, message, reason):
     lenient = read_list_file(str(path), "/v", names, strict=False)
     assert lenient.skipped == {reason: 1}
     assert [(r.uri, r.labels, r.num_frames) for r in lenient.records] == [
-        ("/v/a.mp4", (1, 2), 10), ("/v/b.mp4", (3,), 11), ("/v/d.mp4", (4,), 12)
+        ("/v/a.mp4", (1, 2), 10),
+        ("/v/b.mp4", (3,), 11),
+        ("/v/d.mp4", (4,), 12),
     ]
 
 
@@ -356,8 +361,12 @@ def sthv2_files(tmp_path: Path, names: list[str], entries: list) -> tuple[str, s
 def test_read_sthv2_train_and_test(tmp_path):
     names = ["Putting something on something", "Pushing something from left to right", "Holding something"]
     entries = [
-        {"id": "78687", "label": "putting a cup on a table", "template": "Putting [something] on [something]",
-         "placeholders": ["a cup", "a table"]},
+        {
+            "id": "78687",
+            "label": "putting a cup on a table",
+            "template": "Putting [something] on [something]",
+            "placeholders": ["a cup", "a table"],
+        },
         {"id": 42326, "label": "holding potato", "template": "Holding [something]", "placeholders": ["potato"]},
     ]
     labels_json, entries_json = sthv2_files(tmp_path, names, entries)
@@ -376,16 +385,21 @@ def test_read_sthv2_train_and_test(tmp_path):
 
 def test_read_sthv2_with_real_label_map(tmp_path, shared_annotations):
     names = load_class_names(str(shared_annotations / "mmaction2__label_map_sthv2.txt"))
-    entries = [{"id": "1", "template": "Putting [something], [something] and [something] on the table"},
-               {"id": "2", "template": "Approaching [something] with your camera"}]
+    entries = [
+        {"id": "1", "template": "Putting [something], [something] and [something] on the table"},
+        {"id": "2", "template": "Approaching [something] with your camera"},
+    ]
     manifest = read_sthv2(*sthv2_files(tmp_path, names, entries), "/v")
     assert manifest.num_classes == 174
     assert [r.labels for r in manifest.records] == [(120,), (0,)]
 
 
 STHV2_BAD = [
-    ({"id": "9", "template": "Dancing with [something]"}, "template 'Dancing with [something]' is not in labels.json",
-     "unknown template"),
+    (
+        {"id": "9", "template": "Dancing with [something]"},
+        "template 'Dancing with [something]' is not in labels.json",
+        "unknown template",
+    ),
     ({"template": "Holding [something]"}, "id None is missing", "missing id"),
     ({"id": "9", "template": 7}, "template 7 is not in", "unknown template"),
     (["9"], "entry is a list, not an object", "bad entry"),
@@ -429,8 +443,10 @@ def test_read_sthv2_file_level_errors(tmp_path):
 
 
 def jester_labels(tmp_path: Path) -> Path:
-    return write(tmp_path / "jester-v1-labels.csv",
-                 "\n".join(names_from("mmaction2__label_map_jester.txt", 27, "gesture")) + "\n")
+    return write(
+        tmp_path / "jester-v1-labels.csv",
+        "\n".join(names_from("mmaction2__label_map_jester.txt", 27, "gesture")) + "\n",
+    )
 
 
 def test_read_id_label_jester(tmp_path):
@@ -443,7 +459,8 @@ def test_read_id_label_jester(tmp_path):
 
     test = write(tmp_path / "jester-v1-test.csv", "1\n2\n")
     assert [(r.uri, r.labels) for r in read_id_label(str(test), str(labels), "/j").records] == [
-        ("/j/1.webm", ()), ("/j/2.webm", ())
+        ("/j/1.webm", ()),
+        ("/j/2.webm", ()),
     ]
 
 
@@ -456,9 +473,11 @@ def test_read_id_label_with_real_jester_names(tmp_path, shared_annotations):
 
 @pytest.mark.parametrize(
     ("row", "message", "reason"),
-    [("77;Flying Away", "label 'Flying Away' is not in", "unknown class"),
-     (";x", "id is empty", "missing id"),
-     ("77;a;b", "expected 'id;label', got 3 fields", "wrong field count")],
+    [
+        ("77;Flying Away", "label 'Flying Away' is not in", "unknown class"),
+        (";x", "id is empty", "missing id"),
+        ("77;a;b", "expected 'id;label', got 3 fields", "wrong field count"),
+    ],
 )
 def test_read_id_label_malformed(tmp_path, row, message, reason):
     labels = write(tmp_path / "labels.txt", "a\nb\n")
@@ -476,13 +495,16 @@ def test_read_id_label_malformed(tmp_path, row, message, reason):
 
 
 def test_read_kinetics_csv_labelled(tmp_path):
-    csv_path = write(tmp_path / "train.csv", (
-        "label,youtube_id,time_start,time_end,split,is_cc\n"
-        "zumba,--07WQ2iBlw,1,11,train,0\n"
-        '"passing American football (in game)",-0Jg5rX7T6Q,43,53,train,0\n'
-        '"tasting, with commas",abc,0,10,train,1\n'
-        "abseiling,zzz,5,15,train,0\n"
-    ))
+    csv_path = write(
+        tmp_path / "train.csv",
+        (
+            "label,youtube_id,time_start,time_end,split,is_cc\n"
+            "zumba,--07WQ2iBlw,1,11,train,0\n"
+            '"passing American football (in game)",-0Jg5rX7T6Q,43,53,train,0\n'
+            '"tasting, with commas",abc,0,10,train,1\n'
+            "abseiling,zzz,5,15,train,0\n"
+        ),
+    )
     manifest = read_kinetics_csv(str(csv_path), "/k")
     assert manifest.class_names == ["abseiling", "passing American football (in game)", "tasting, with commas", "zumba"]
     assert [(r.uri, r.labels) for r in manifest.records] == [
@@ -510,15 +532,18 @@ def test_read_kinetics_csv_errors(tmp_path):
         read_kinetics_csv(str(no_id), "/k")
     expect_error(exc, "bad_header.csv line 1", "youtube_id")
 
-    csv_path = write(tmp_path / "train.csv", (
-        "label,youtube_id,time_start,time_end,split\n"
-        '"multi\nline label",a,1,11,train\n'  # a quoted field spanning lines 2-3
-        "b,b,x,11,train\n"  # line 4
-        "c,c,20,10,train\n"
-        "d,d,1,11\n"
-        "unknown,e,1,11,train\n"
-        "b,f,1,11,train\n"
-    ))
+    csv_path = write(
+        tmp_path / "train.csv",
+        (
+            "label,youtube_id,time_start,time_end,split\n"
+            '"multi\nline label",a,1,11,train\n'  # a quoted field spanning lines 2-3
+            "b,b,x,11,train\n"  # line 4
+            "c,c,20,10,train\n"
+            "d,d,1,11\n"
+            "unknown,e,1,11,train\n"
+            "b,f,1,11,train\n"
+        ),
+    )
     with pytest.raises(AnnotationError) as exc:
         read_kinetics_csv(str(csv_path), "/k")
     expect_error(exc, "train.csv line 4: ", "time_start 'x' is not an integer")
@@ -526,7 +551,8 @@ def test_read_kinetics_csv_errors(tmp_path):
     lenient = read_kinetics_csv(str(csv_path), "/k", class_names=["multi\nline label", "b", "c", "d"], strict=False)
     assert lenient.skipped == {"bad time": 2, "wrong field count": 1, "unknown class": 1}
     assert [(Path(r.uri).name, r.labels) for r in lenient.records] == [
-        ("a_000001_000011.mp4", (0,)), ("f_000001_000011.mp4", (1,))
+        ("a_000001_000011.mp4", (0,)),
+        ("f_000001_000011.mp4", (1,)),
     ]
     with pytest.raises(AnnotationError) as exc:
         read_kinetics_csv(str(csv_path), "/k", class_names=["multi\nline label", "b", "c", "d"])
@@ -546,8 +572,9 @@ def ucf_class_index(tmp_path: Path) -> Path:
 def test_read_ucf101_train_and_test_lists(tmp_path):
     class_ind = ucf_class_index(tmp_path)
     names = names_from("mmaction2__label_map_ucf101.txt", 101, "Class")
-    train = write(tmp_path / "trainlist01.txt",
-                  f"{names[0]}/v_{names[0]}_g08_c01.avi 1\r\n{names[36]}/v_x_g08_c01.avi 37\r\n")
+    train = write(
+        tmp_path / "trainlist01.txt", f"{names[0]}/v_{names[0]}_g08_c01.avi 1\r\n{names[36]}/v_x_g08_c01.avi 37\r\n"
+    )
     manifest = read_ucf101_split(str(train), str(class_ind), "/ucf")
     assert manifest.num_classes == 101 and manifest.multi_label is False
     assert manifest.records == [
@@ -568,12 +595,14 @@ def test_read_ucf101_real_names(tmp_path, shared_annotations):
 
 @pytest.mark.parametrize(
     ("row", "message", "reason"),
-    [("B/v_b.avi 1", "label 1 (A) does not match folder 'B'", "label mismatch"),
-     ("B/v_b.avi 0", "label 0 is out of range [1, 3]", "class id out of range"),
-     ("B/v_b.avi two", "label 'two' is not an integer", "bad class id"),
-     ("Z/v_z.avi", "folder 'Z' is not a class", "unknown class"),
-     ("v_b.avi 2", "folder '' is not a class", "unknown class"),
-     ("B/v_b.avi 2 3", "got 3 fields", "wrong field count")],
+    [
+        ("B/v_b.avi 1", "label 1 (A) does not match folder 'B'", "label mismatch"),
+        ("B/v_b.avi 0", "label 0 is out of range [1, 3]", "class id out of range"),
+        ("B/v_b.avi two", "label 'two' is not an integer", "bad class id"),
+        ("Z/v_z.avi", "folder 'Z' is not a class", "unknown class"),
+        ("v_b.avi 2", "folder '' is not a class", "unknown class"),
+        ("B/v_b.avi 2 3", "got 3 fields", "wrong field count"),
+    ],
 )
 def test_read_ucf101_malformed(tmp_path, row, message, reason):
     class_ind = write(tmp_path / "classInd.txt", "1 A\n2 B\n3 C\n")
@@ -683,8 +712,9 @@ def s3_bucket(moto_endpoint, monkeypatch):
 def upload_tree(client, bucket: str, prefix: str, local_root: Path) -> None:
     for path in sorted(local_root.rglob("*")):
         if path.is_file():
-            client.put_object(Bucket=bucket, Key=f"{prefix}/{path.relative_to(local_root).as_posix()}",
-                              Body=path.read_bytes())
+            client.put_object(
+                Bucket=bucket, Key=f"{prefix}/{path.relative_to(local_root).as_posix()}", Body=path.read_bytes()
+            )
 
 
 def test_read_mmit_from_s3(s3_bucket, tmp_path):
@@ -698,8 +728,11 @@ def test_read_mmit_from_s3(s3_bucket, tmp_path):
 
     with pytest.raises(FileNotFoundError) as exc:
         read_mmit(f"s3://{bucket}/datasets/nothing")
-    expect_error(exc, f"s3://{bucket}/datasets/nothing/moments_categories.txt",
-                 f"s3://{bucket}/datasets/nothing/annotations/moments_categories.txt")
+    expect_error(
+        exc,
+        f"s3://{bucket}/datasets/nothing/moments_categories.txt",
+        f"s3://{bucket}/datasets/nothing/annotations/moments_categories.txt",
+    )
 
     client.put_object(Bucket=bucket, Key="datasets/mmit/annotations/validationSet.csv", Body=b"a/b.mp4,1\na/c.mp4,x\n")
     with pytest.raises(AnnotationError) as exc:
@@ -713,5 +746,7 @@ def test_read_hmdb51_from_s3(s3_bucket, tmp_path):
     upload_tree(client, bucket, "hmdb/splits", tmp_path / "splits")
     manifest = read_hmdb51_split(f"s3://{bucket}/hmdb/splits", 1, True, f"s3://{bucket}/hmdb/videos")
     assert manifest.class_names == ["clap", "wave"]
-    assert [r.uri for r in manifest.records] == [f"s3://{bucket}/hmdb/videos/clap/clap_v0.avi",
-                                                 f"s3://{bucket}/hmdb/videos/wave/wave_v0.avi"]
+    assert [r.uri for r in manifest.records] == [
+        f"s3://{bucket}/hmdb/videos/clap/clap_v0.avi",
+        f"s3://{bucket}/hmdb/videos/wave/wave_v0.avi",
+    ]

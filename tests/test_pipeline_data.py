@@ -3,7 +3,6 @@ disk and from a real S3 endpoint (moto's server)."""
 
 from __future__ import annotations
 
-import os
 import shutil
 from pathlib import Path
 
@@ -12,6 +11,7 @@ import numpy as np
 import pytest
 import ray
 import torch
+from conftest import local_ray
 
 from pipeline import check
 from pipeline.annotations import read_mmit
@@ -113,27 +113,16 @@ def moto_s3():
 
 @pytest.fixture(scope="module")
 def ray_cluster(moto_s3, tmp_path_factory):
-    """One local Ray cluster for this module. Token auth is disabled explicitly: it binds to loopback only and
-    lives for these tests (the job-submission tests run with token auth on)."""
+    """One local Ray cluster for this module; its decode tasks reach moto through the runtime env."""
     env = {
-        "RAY_AUTH_MODE": "disabled",
         "AWS_ENDPOINT_URL": moto_s3,
         "AWS_ACCESS_KEY_ID": "testing",
         "AWS_SECRET_ACCESS_KEY": "testing",
         "AWS_DEFAULT_REGION": "us-east-1",
     }
-    old = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    ray.init(num_cpus=2, include_dashboard=False, runtime_env={"env_vars": env}, logging_level="ERROR",
-             _temp_dir=str(tmp_path_factory.mktemp("ray")))  # fmt: skip
-    ray.data.DataContext.get_current().enable_progress_bars = False
-    yield
-    ray.shutdown()
-    for k, v in old.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
+    with local_ray(tmp_path_factory.mktemp("ray"), num_cpus=2, env=env, runtime_env={"env_vars": env}):
+        ray.data.DataContext.get_current().enable_progress_bars = False
+        yield
 
 
 def collect(ds, batch_size=4):

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
-import ray
+from conftest import local_ray
 from mlflow.tracking import MlflowClient
 
 from pipeline.config import TrainConfig
@@ -21,11 +21,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
-    os.environ["RAY_AUTH_MODE"] = "disabled"  # loopback-only test cluster, see tests/test_train_job.py
-    ray.init(num_cpus=4, include_dashboard=False, logging_level="ERROR",
-             _temp_dir=str(tmp_path_factory.mktemp("ray")))  # fmt: skip
-    yield
-    ray.shutdown()
+    with local_ray(tmp_path_factory.mktemp("ray"), num_cpus=4):
+        yield
 
 
 def test_sweep_with_a_failing_trial(cluster, tmp_path):
