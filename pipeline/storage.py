@@ -12,6 +12,7 @@ import posixpath
 
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
+from pyarrow import fs as pafs
 
 
 def is_remote(uri: str) -> bool:
@@ -91,18 +92,45 @@ def is_unavailable(error: BaseException) -> bool:
         return False
 
 
+class RetryingS3FileSystem(pafs.S3FileSystem):
+    """pyarrow's S3 filesystem with AWS standard retries that survive pickling. Ray Train ships the storage
+    filesystem to its controller and workers by pickle, and a plain S3FileSystem comes back with the default
+    retry strategy (3 quick attempts): a store away for a few seconds would then fail the whole run. By default a
+    write keeps trying for about RETRY_SECONDS, as the readers do."""
+
+    def __init__(self, max_attempts: int | None = None, **kwargs) -> None:
+        max_attempts = max_attempts or attempts_for(RETRY_SECONDS)
+        super().__init__(retry_strategy=pafs.AwsStandardS3RetryStrategy(max_attempts=max_attempts), **kwargs)
+        self._args = (max_attempts, kwargs)  # endpoint and region only: credentials come from the AWS chain
+
+    def __reduce__(self):
+        return _retrying_s3, self._args
+
+
+def attempts_for(seconds: float) -> int:
+    """AWS standard retries wait uniform(0, min(2**n, 20)) s before retry n (measured here: 10 attempts give up on a
+    refused connection after 54-83 s): the attempts whose expected total wait covers `seconds`."""
+    waited, retries = 0.0, 0
+    while waited < seconds:
+        waited += min(2**retries, 20) / 2
+        retries += 1
+    return retries + 1
+
+
+def _retrying_s3(max_attempts: int, kwargs: dict) -> RetryingS3FileSystem:
+    return RetryingS3FileSystem(max_attempts, **kwargs)
+
+
 def pyarrow_filesystem(uri: str):
     """(pyarrow filesystem or None, path) for Ray Train's storage: S3 with the same endpoint and region settings as
     s3fs above; None for local paths (Ray uses them as they are)."""
     if not uri.startswith("s3://"):
         return None, filesystem(uri)[1]
-    from pyarrow import fs as pafs
-
     client = s3_options()["client_kwargs"]
-    kwargs = {"retry_strategy": pafs.AwsStandardS3RetryStrategy(max_attempts=10)}
+    kwargs = {}
     if "endpoint_url" in client:
         scheme, _, host = client["endpoint_url"].partition("://")
         kwargs.update(endpoint_override=host, scheme=scheme)
     if "region_name" in client:
         kwargs["region"] = client["region_name"]
-    return pafs.S3FileSystem(**kwargs), uri[len("s3://") :].rstrip("/")
+    return RetryingS3FileSystem(**kwargs), uri[len("s3://") :].rstrip("/")

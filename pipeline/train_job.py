@@ -232,6 +232,18 @@ def register_checkpoint(cfg: TrainConfig, tracker: Tracker, datasets: Datasets, 
     return meta, version, champion, message
 
 
+def storage_failure(error: BaseException) -> str | None:
+    """The first line of a worker's or the controller's failure that is storage not answering (our readers'
+    StorageUnavailable, or pyarrow's checkpoint I/O giving up on the connection), else None."""
+    causes = [error, *getattr(error, "worker_failures", {}).values(), getattr(error, "controller_failure", None)]
+    markers = ("StorageUnavailable", "NETWORK_CONNECTION")
+    for cause in filter(None, causes):
+        lines = [line.strip() for line in str(cause).splitlines() if any(m in line for m in markers)]
+        if isinstance(cause, storage.StorageUnavailable) or lines:
+            return (lines or [str(cause)])[-1]
+    return None
+
+
 def run_training(cfg: TrainConfig, datasets: Datasets | None = None) -> TrainOutcome:
     datasets = datasets or preflight(cfg)
     run_name = cfg.name or f"{cfg.arch}-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -247,8 +259,14 @@ def run_training(cfg: TrainConfig, datasets: Datasets | None = None) -> TrainOut
         checkpoint, _ = best_checkpoint(result)
         meta, version, champion, message = register_checkpoint(cfg, tracker, datasets, checkpoint)
         finish_run(tracker)
-    except BaseException:
+    except BaseException as error:
         finish_run(tracker, "FAILED")
+        reason = storage_failure(error)
+        if reason:
+            raise storage.StorageUnavailable(
+                f"training stopped, nothing registered: storage did not answer (data {datasets.root}, checkpoints "
+                f"{cfg.storage}): {reason}"
+            ) from error
         raise
     names = datasets.train.class_names
     per_class = {names[k]: ap for k, ap in enumerate(meta["ap_per_class"])}

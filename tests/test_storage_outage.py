@@ -3,6 +3,7 @@ counting videos as bad."""
 
 from __future__ import annotations
 
+import pickle
 import socket
 import threading
 import time
@@ -69,3 +70,34 @@ def test_lasting_outage_stops_with_a_clear_error(s3_clip, monkeypatch):
 def test_missing_object_is_a_bad_video_not_an_outage(s3_clip):
     clip, status = decoder().decode("s3://outage/missing.mp4")
     assert status != 0 and not np.any(clip)
+
+
+def test_checkpoint_filesystem_keeps_retrying_after_pickling(s3_clip):
+    """Ray Train pickles the storage filesystem to its controller and workers; the copy must still ride out a short
+    outage (a plain pyarrow S3FileSystem comes back with 3 quick attempts and fails the run)."""
+    server, port, _ = s3_clip
+    fs, path = storage.pyarrow_filesystem("s3://outage/runs")
+    copy = pickle.loads(pickle.dumps(fs))
+    assert isinstance(copy, storage.RetryingS3FileSystem)
+    server.stop()
+    restart = threading.Timer(4.0, lambda: ThreadedMotoServer(ip_address="127.0.0.1", port=port).start())
+    restart.start()
+    start = time.monotonic()
+    with copy.open_output_stream(f"{path}/checkpoint_manager_snapshot.json") as out:
+        out.write(b"{}")
+    assert time.monotonic() - start >= 4.0, "the write must have waited for the endpoint to come back"
+    with fs.open_input_stream(f"{path}/checkpoint_manager_snapshot.json") as back:
+        assert back.read() == b"{}"
+
+
+def test_a_run_failed_by_storage_names_it():
+    from ray.train import ControllerError, WorkerGroupError
+
+    from pipeline.train_job import storage_failure
+
+    upload = OSError("When initiating multiple part upload for key 'runs/a/epoch-0001/model.pt' in bucket 'b': AWS "
+                     "Error NETWORK_CONNECTION during CreateMultipartUpload operation: curlCode: 7")  # fmt: skip
+    assert "NETWORK_CONNECTION" in storage_failure(WorkerGroupError("worker 1 failed", {1: upload}))
+    reader = storage.StorageUnavailable("storage did not answer for 6 s reading s3://b/v.mp4: refused")
+    assert storage_failure(ControllerError(reader)) == "storage did not answer for 6 s reading s3://b/v.mp4: refused"
+    assert storage_failure(WorkerGroupError("worker 0 failed", {0: ValueError("bad shape")})) is None
