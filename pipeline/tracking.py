@@ -27,7 +27,7 @@ logger = logging.getLogger(__name__)
 
 EPOCH_METRICS = (
     "train_loss", "val_map", "val_map_classes", "val_top1", "val_top5", "clips_per_s", "data_wait_fraction",
-    "lr", "bad_videos", "val_videos", "train_seconds", "val_seconds",
+    "lr", "bad_videos", "val_videos", "train_seconds", "val_seconds", "resumed_from_epoch",
 )  # fmt: skip
 CHAMPION = "champion"
 RUN_NAME_TAG = "tin.run_name"

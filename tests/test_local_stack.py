@@ -9,11 +9,15 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import socket
+import socketserver
+import struct
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -231,7 +235,7 @@ def test_mlflow_refuses_unauthenticated_requests_and_accepts_the_generated_crede
     assert _http(url, _basic(env["MLFLOW_TRACKING_USERNAME"], env["MLFLOW_TRACKING_PASSWORD"])) == 200
 
 
-def test_mlflow_artifact_lands_in_the_moto_bucket(stack):
+def test_mlflow_artifact_lands_in_the_moto_bucket(stack, s3):
     code = (
         "import mlflow\n"
         "mlflow.set_experiment('stack-test')\n"
@@ -243,16 +247,7 @@ def test_mlflow_artifact_lands_in_the_moto_bucket(stack):
     assert result.returncode == 0, result.stderr[-3000:]
     run_id = result.stdout.split("RUN", 1)[1].split()[0]
 
-    import boto3
-
     env = stack["env"]
-    s3 = boto3.client(
-        "s3",
-        endpoint_url=env["AWS_ENDPOINT_URL"],
-        aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
-        aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
-        region_name=env["AWS_DEFAULT_REGION"],
-    )
     keys = [o["Key"] for o in s3.list_objects_v2(Bucket=env["TIN_STACK_BUCKET"]).get("Contents", [])]
     matching = [k for k in keys if run_id in k and k.endswith("probe/hello.txt")]
     assert matching, keys
@@ -271,6 +266,273 @@ def test_every_listening_socket_of_the_stack_is_on_127_0_0_1(stack):
     assert not exposed, exposed
     # Nothing of the stack listens outside its port block (no Ray default port such as 6379, 8265, 10001, 44217).
     assert all(base <= p < base + PORT_SPAN for p in ports), sorted(ports)
+
+
+# --- the training job on the stack: S3 data and checkpoints, MLflow server, faults, secrets ---------------------------
+
+
+class TcpGate:
+    """A TCP forwarder on 127.0.0.1 in front of the stack's S3 endpoint. Down, it cuts the open connections and
+    resets new ones at once (a store that is away), counting them, so a test can tell that a client met the outage.
+    Jobs reach S3 through it; MLflow's server does not."""
+
+    def __init__(self, target_port: int):
+        gate = self
+        self.is_down = False
+        self.refused = 0
+        self.open_sockets: set[socket.socket] = set()
+
+        class Forward(socketserver.BaseRequestHandler):
+            def handle(self):
+                if gate.is_down:
+                    gate.refused += 1
+                    # RST, as from a host with nothing listening (a FIN would read as an empty HTTP reply)
+                    self.request.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                    self.request.close()
+                    return
+                with socket.create_connection(("127.0.0.1", target_port)) as upstream:
+                    gate.open_sockets |= {self.request, upstream}
+                    pump = threading.Thread(target=_pump, args=(upstream, self.request), daemon=True)
+                    pump.start()
+                    _pump(self.request, upstream)
+                    pump.join()
+                    gate.open_sockets -= {self.request, upstream}
+
+        self.server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Forward)
+        self.server.daemon_threads = True
+        self.port = self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def down(self) -> None:
+        self.is_down = True
+        for sock in list(self.open_sockets):
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def up(self) -> None:
+        self.is_down = False
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def _pump(source: socket.socket, sink: socket.socket) -> None:
+    try:
+        while data := source.recv(65536):
+            sink.sendall(data)
+        sink.shutdown(socket.SHUT_WR)
+    except OSError:
+        pass
+
+
+@pytest.fixture(scope="module")
+def s3(stack):
+    import boto3
+
+    env = stack["env"]
+    return boto3.client(
+        "s3",
+        endpoint_url=env["AWS_ENDPOINT_URL"],
+        aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
+        region_name=env["AWS_DEFAULT_REGION"],
+    )
+
+
+@pytest.fixture(scope="module")
+def stack_data(stack, s3, tmp_path_factory):
+    """A tiny MMiT dataset uploaded to the stack's bucket; returns its s3:// URI."""
+    from pipeline.synthetic import SyntheticSpec, generate_mmit
+
+    root = generate_mmit(tmp_path_factory.mktemp("stack") / "mmit",
+                         SyntheticSpec(num_train=16, num_val=8, frames=12, size=32))  # fmt: skip
+    bucket = stack["env"]["TIN_STACK_BUCKET"]
+    for path in root.rglob("*"):
+        if path.is_file():
+            s3.upload_file(str(path), bucket, f"mmit/{path.relative_to(root)}")
+    return f"s3://{bucket}/mmit"
+
+
+@pytest.fixture(scope="module")
+def gate(stack):
+    gate = TcpGate(int(stack["env"]["AWS_ENDPOINT_URL"].rsplit(":", 1)[1]))
+    yield gate
+    gate.stop()
+
+
+def _ray_cli(stack, *args: str, timeout: int = 180) -> subprocess.CompletedProcess:
+    return subprocess.run([str(BIN / "ray"), *args], env={**stack["script_env"], **stack["env"]}, cwd=REPO,
+                          capture_output=True, text=True, timeout=timeout)  # fmt: skip
+
+
+def _submit_training(stack, data: str, name: str, *flags: str, env_vars: dict | None = None) -> str:
+    """`ray job submit --no-wait` of jobs/train_mmit.py on the stack, reading `data` and checkpointing to S3, logging
+    to the stack's MLflow server (from the nodes' environment); returns the submission id."""
+    bucket = stack["env"]["TIN_STACK_BUCKET"]
+    args = ["--data", data, "--storage", f"s3://{bucket}/runs", "--name", name, "--experiment", "stack",
+            "--register-as", name, "--batch-size", "4", "--num-workers", "2", "--cpus-per-worker", "0.75",
+            "--frame-size", "32", "--num-segments", "4", "--warmup-epochs", "0.5", *flags]  # fmt: skip
+    runtime_env = {"env_vars": env_vars or {}}
+    submit = ["job", "submit", "--no-wait", "--submission-id", name, "--working-dir", str(REPO),
+              "--runtime-env-json", json.dumps(runtime_env), "--", "python", "jobs/train_mmit.py"]  # fmt: skip
+    result = _ray_cli(stack, *submit, *args)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return name
+
+
+def _job_status(stack, job: str) -> str:
+    out = _ray_cli(stack, "job", "status", job).stdout
+    # "Status for job 'x': RUNNING" while it runs; "Job 'x' succeeded" (failed, stopped) once it has ended
+    match = re.search(rf"Status for job '{job}': (\w+)", out) or re.search(rf"Job '{job}' (\w+)", out)
+    assert match, out
+    return match.group(1).upper()
+
+
+def _wait_job(stack, job: str, timeout: float = 600) -> tuple[str, str]:
+    deadline = time.monotonic() + timeout
+    while (status := _job_status(stack, job)) not in {"SUCCEEDED", "FAILED", "STOPPED"}:
+        assert time.monotonic() < deadline, f"job {job} still {status} after {timeout} s"
+        time.sleep(3)
+    return status, _ray_cli(stack, "job", "logs", job).stdout
+
+
+def _wait_key(stack, job: str, s3, key: str, timeout: float = 400) -> None:
+    """Wait for `key` in the stack's bucket while `job` runs."""
+    bucket = stack["env"]["TIN_STACK_BUCKET"]
+    deadline = time.monotonic() + timeout
+    while s3.list_objects_v2(Bucket=bucket, Prefix=key).get("KeyCount", 0) == 0:
+        status = _job_status(stack, job)
+        assert status in {"PENDING", "RUNNING"}, f"job {job} ended ({status}) before s3://{bucket}/{key} appeared"
+        assert time.monotonic() < deadline, f"s3://{bucket}/{key} did not appear in {timeout} s"
+        time.sleep(1)
+
+
+@pytest.fixture(scope="module")
+def mlflow_client(stack):
+    """A client of the stack's MLflow server, with its basic-auth credentials set for this module only."""
+    from mlflow.tracking import MlflowClient
+
+    env = stack["env"]
+    names = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")
+    old = {name: os.environ.get(name) for name in names}
+    os.environ.update({name: env[name] for name in names})
+    yield MlflowClient(env["MLFLOW_TRACKING_URI"])
+    for name, value in old.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+
+
+def _run_named(client, name: str):
+    experiment = client.get_experiment_by_name("stack").experiment_id
+    return client.search_runs([experiment], f"tags.`tin.run_name` = '{name}'")[0]
+
+
+def _kill_worker_node(stack) -> int:
+    """SIGKILL the second node's raylet and everything under it (its workers, agents, object store)."""
+    flag = f"--node_manager_port={stack['base'] + 20}"
+    raylets = []
+    for proc in psutil.process_iter(["name", "cmdline"]):
+        line = " ".join(proc.info["cmdline"] or [])
+        if "raylet" in (proc.info["name"] or "") and flag in line and stack["ray_tmp"] in line:
+            raylets.append(proc)
+    assert len(raylets) == 1, raylets
+    victims = [*raylets[0].children(recursive=True), raylets[0]]
+    for proc in victims:
+        try:
+            proc.kill()
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(victims, timeout=20)
+    return len(victims)
+
+
+def test_train_job_on_the_stack_survives_losing_a_worker_node(stack, s3, stack_data, mlflow_client):
+    """S3 data and checkpoints, the MLflow server with basic auth: the worker node is killed (its training worker
+    with it) once a checkpoint is registered; the node comes back (`up.sh` restarts what is missing), the job resumes
+    from the last checkpoint on S3, finishes every epoch and registers the model."""
+    bucket = stack["env"]["TIN_STACK_BUCKET"]
+    job = _submit_training(stack, stack_data, "stack-kill", "--epochs", "4", "--max-failures", "3")
+    _wait_key(stack, job, s3, "runs/stack-kill/checkpoint_manager_snapshot.json")  # a registered checkpoint
+    assert _kill_worker_node(stack) >= 2
+    up = subprocess.run(["bash", str(LOCAL / "up.sh")], env=stack["script_env"], capture_output=True, text=True,
+                        timeout=300)  # fmt: skip
+    assert up.returncode == 0 and "starting Ray worker node" in up.stdout, up.stdout + up.stderr
+    status, logs = _wait_job(stack, job)
+    assert status == "SUCCEEDED", logs[-6000:]
+    assert "stack-kill version 1 is the new champion" in logs
+
+    keys = {o["Key"] for o in s3.list_objects_v2(Bucket=bucket, Prefix="runs/stack-kill/")["Contents"]}
+    assert "runs/stack-kill/epoch-0003/model.pt" in keys, sorted(keys)
+    client = mlflow_client
+    run = _run_named(client, "stack-kill")
+    assert sorted({m.step for m in client.get_metric_history(run.info.run_id, "val_map")}) == [0, 1, 2, 3]
+    resumed = {m.step: m.value for m in client.get_metric_history(run.info.run_id, "resumed_from_epoch")}
+    assert resumed[0] == -1 and resumed[3] >= 0, f"the restarted workers must resume from a checkpoint: {resumed}"
+    assert client.get_model_version_by_alias("stack-kill", "champion").version == "1"
+    _assert_no_secrets(stack, client, run.info.run_id, logs)
+
+
+def _assert_no_secrets(stack, client, run_id: str, logs: str) -> None:
+    """No S3 key, MLflow password or Ray token in the run's params, tags or artifacts, nor in the job's logs."""
+    env = stack["env"]
+    secrets = {name: env[name] for name in ("AWS_SECRET_ACCESS_KEY", "AWS_ACCESS_KEY_ID", "MLFLOW_TRACKING_PASSWORD",
+                                            "RAY_AUTH_TOKEN")}  # fmt: skip
+    assert all(len(value) >= 16 for value in secrets.values()), "the stack's generated secrets are long and unique"
+    run = client.get_run(run_id)
+    texts = {"params": json.dumps(run.data.params), "tags": json.dumps(run.data.tags), "job logs": logs}
+    artifacts = Path(tempfile.mkdtemp(prefix="tin-artifacts-"))
+    try:
+        import mlflow
+
+        mlflow.artifacts.download_artifacts(run_id=run_id, dst_path=str(artifacts),
+                                            tracking_uri=env["MLFLOW_TRACKING_URI"])  # fmt: skip
+        files = [p for p in artifacts.rglob("*") if p.is_file()]
+        assert any(p.name == "config.yaml" for p in files) and any(p.suffix == ".png" for p in files), files
+        for path in files:
+            texts[f"artifact {path.relative_to(artifacts)}"] = path.read_bytes().decode("latin-1")
+    finally:
+        shutil.rmtree(artifacts, ignore_errors=True)
+    assert len(run.data.params) >= 20 and "data" in run.data.params
+    leaks = [(where, name) for where, text in texts.items() for name, value in secrets.items() if value in text]
+    assert not leaks, f"secrets found: {leaks}"
+
+
+def test_short_s3_outage_is_retried_and_the_job_finishes(stack, s3, stack_data, gate):
+    endpoint = f"http://127.0.0.1:{gate.port}"
+    job = _submit_training(stack, stack_data, "stack-blip", "--epochs", "2",
+                           env_vars={"AWS_ENDPOINT_URL": endpoint, "TIN_STORAGE_RETRY_SECONDS": "120"})  # fmt: skip
+    _wait_key(stack, job, s3, "runs/stack-blip/epoch-0000/")
+    gate.down()
+    time.sleep(10)
+    gate.up()
+    status, logs = _wait_job(stack, job)
+    assert gate.refused > 0, "the job must have met the outage"
+    assert status == "SUCCEEDED", logs[-6000:]
+    assert "stack-blip version 1 is the new champion" in logs
+
+
+def test_lasting_s3_outage_fails_clearly_and_registers_nothing(stack, s3, stack_data, gate, mlflow_client):
+    bucket = stack["env"]["TIN_STACK_BUCKET"]
+    endpoint = f"http://127.0.0.1:{gate.port}"
+    job = _submit_training(stack, stack_data, "stack-down", "--epochs", "3", "--max-failures", "0",
+                           env_vars={"AWS_ENDPOINT_URL": endpoint, "TIN_STORAGE_RETRY_SECONDS": "6"})  # fmt: skip
+    _wait_key(stack, job, s3, "runs/stack-down/epoch-0000/")
+    gate.down()
+    try:
+        status, logs = _wait_job(stack, job)
+    finally:
+        gate.up()
+    assert status == "FAILED", logs[-6000:]
+    assert gate.refused > 0
+    message = f"StorageUnavailable: training stopped, nothing registered: storage did not answer (data s3://{bucket}/mmit"
+    assert message in logs, logs[-6000:]
+    assert not mlflow_client.search_model_versions("name = 'stack-down'"), "no half-trained model is registered"
+    assert _run_named(mlflow_client, "stack-down").info.status == "FAILED"
 
 
 def test_up_is_idempotent(stack):

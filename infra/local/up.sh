@@ -34,9 +34,10 @@ OBJECT_STORE_BYTES="${TIN_STACK_OBJECT_STORE_BYTES:-536870912}"
 HEAD_CPUS="${TIN_STACK_HEAD_CPUS:-1}"
 WORKER_CPUS="${TIN_STACK_WORKER_CPUS:-1}"
 
-# Ray's Unix sockets live under its temp dir and a socket path may not exceed 107 bytes: Ray adds ~66 characters.
+# Ray's Unix sockets live under its temp dir and a socket path may not exceed 107 bytes: Ray adds ~66 characters
+# (~69 on the worker node, whose temp dir is $RAY_TMP/n2).
 RAY_TMP="$STATE/ray"
-if (( ${#RAY_TMP} > 40 )); then
+if (( ${#RAY_TMP} > 37 )); then
     RAY_TMP="/tmp/tin-stack-$(printf '%s' "$STATE" | sha1sum | cut -c1-12)"
 fi
 mkdir -p "$STATE"/{pids,logs,secrets,mlflow} "$RAY_TMP"
@@ -162,10 +163,13 @@ if ray_node_running "$WORKER_PORT0"; then
     log "Ray worker node already running"
 else
     log "starting Ray worker node"
+    # Its own temp dir (inside ours, so down.sh finds its processes): nodes sharing one would share one
+    # runtime_resources dir, and each node's runtime-env agent re-unpacking a job's working_dir there pulls the
+    # directory from under a running job's driver (its cwd vanishes).
     # shellcheck disable=SC2046
     setsid --wait "$PYTHON" "$HERE/ray_loopback_start.py" --address "127.0.0.1:$RAY_PORT" \
         $(ray_ports "$WORKER_PORT0") --min-worker-port "$NODE_WORKERS_MIN" --max-worker-port "$NODE_WORKERS_MAX" \
-        --temp-dir "$RAY_TMP" --num-cpus "$WORKER_CPUS" --num-gpus 0 --object-store-memory "$OBJECT_STORE_BYTES" \
+        --temp-dir "$RAY_TMP/n2" --num-cpus "$WORKER_CPUS" --num-gpus 0 --object-store-memory "$OBJECT_STORE_BYTES" \
         --disable-usage-stats </dev/null >>"$STATE/logs/ray-worker.log" 2>&1 \
         || { tail -n 30 "$STATE/logs/ray-worker.log" >&2; exit 1; }
 fi
