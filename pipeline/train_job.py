@@ -56,6 +56,7 @@ class TrainOutcome:
     last_metrics: dict  # the last epoch's
     ap_per_class: dict[str, float]  # validation AP of each class at the best epoch
     checkpoint: str
+    model_name: str  # registered as
     version: str
     champion: bool
     message: str
@@ -271,7 +272,7 @@ def run_training(cfg: TrainConfig, datasets: Datasets | None = None) -> TrainOut
     names = datasets.train.class_names
     per_class = {names[k]: ap for k, ap in enumerate(meta["ap_per_class"])}
     return TrainOutcome(tracker.run_id, uri, cfg.experiment, meta["metrics"], result.metrics, per_class,
-                        checkpoint.path, version, champion, message)  # fmt: skip
+                        checkpoint.path, cfg.register_as, version, champion, message)  # fmt: skip
 
 
 def _per_class_text(ap: dict[str, float], shown: int = 16) -> str:
@@ -293,7 +294,9 @@ def summary(outcome: TrainOutcome) -> str:
         f"checkpoint: {outcome.checkpoint}",
         f"view it: open {redact(ui)}" if ui else f"view it: mlflow ui --backend-store-uri {outcome.tracking_uri} "
         "--port 5000, then open http://127.0.0.1:5000",
-        "load it: mlflow.pyfunc.load_model(\"models:/<name>@champion\"), or python jobs/predict.py VIDEO...",
+        f'load it: mlflow.pyfunc.load_model("models:/{outcome.model_name}/{outcome.version}") (or '
+        f'"models:/{outcome.model_name}@champion"), or python jobs/predict.py --model '
+        f"models:/{outcome.model_name}/{outcome.version} VIDEO...",
     ]
     return "\n".join(lines)
 
