@@ -20,7 +20,7 @@ from ray.tune.schedulers import ASHAScheduler
 
 from pipeline import storage
 from pipeline.config import TrainConfig, _help
-from pipeline.tracking import Tracker, finish_run, redact, start_run, tracking_uri
+from pipeline.tracking import RUN_NAME_TAG, Tracker, finish_run, redact, start_run, tracking_uri
 from pipeline.train_job import (
     Datasets,
     build_trainer,
@@ -221,8 +221,8 @@ def run_sweep(base: TrainConfig, sweep: SweepConfig, datasets: Datasets | None =
     )
     try:
         results = tuner.fit()
-        _close_stopped_trial_runs(parent)
         rows = summarize(results, base.epochs)
+        _record_trial_statuses(parent, sweep_name, rows)
         table = format_table(rows)
         parent.log_text(table + "\n", "sweep_summary.txt")
         parent.log_dict({"trials": [r.__dict__ for r in rows]}, "sweep_summary.json")
@@ -239,21 +239,33 @@ def run_sweep(base: TrainConfig, sweep: SweepConfig, datasets: Datasets | None =
     return SweepOutcome(parent.run_id, table, rows, trial_id_of(best), version, message)
 
 
-def _close_stopped_trial_runs(parent: Tracker) -> None:
-    """ASHA stops a trial by ending its process, so its MLflow run cannot end itself: record it as KILLED."""
+TRIAL_RUN_STATUS = {"DONE": "FINISHED", "STOPPED": "KILLED", "ERROR": "FAILED"}
+
+
+def _record_trial_statuses(parent: Tracker, sweep_name: str, rows: list[TrialRow]) -> None:
+    """End each trial's MLflow run as Tune saw the trial: ASHA stops a trial by ending its process, which either
+    leaves the run RUNNING or interrupts it into FAILED, so the driver records the truth: KILLED for a trial
+    stopped early, FINISHED for one that ran every epoch, FAILED for one that errored."""
     client = parent.client
-    experiment_id = client.get_run(parent.run_id).info.experiment_id
-    query = f"tags.`mlflow.parentRunId` = '{parent.run_id}' and attributes.status = 'RUNNING'"
-    running = client.search_runs([experiment_id], filter_string=query)
-    for run in running:
-        client.set_tag(run.info.run_id, "stopped_early", "ASHA")
-        client.set_terminated(run.info.run_id, status="KILLED")
+    for row in rows:
+        for run in _trial_runs(parent, trial_run_name(sweep_name, row.trial_id)):
+            if row.status == "STOPPED":
+                client.set_tag(run.info.run_id, "stopped_early", "ASHA")
+                if "error" in run.data.tags:  # the interruption of an early stop, not an error of the trial
+                    client.delete_tag(run.info.run_id, "error")
+            client.set_terminated(run.info.run_id, status=TRIAL_RUN_STATUS[row.status])
+
+
+def _trial_runs(parent: Tracker, run_name: str) -> list:
+    """The MLflow child runs of the sweep named `run_name` (one per trial)."""
+    experiment_id = parent.client.get_run(parent.run_id).info.experiment_id
+    query = f"tags.`mlflow.parentRunId` = '{parent.run_id}' and tags.`{RUN_NAME_TAG}` = '{run_name}'"
+    return parent.client.search_runs([experiment_id], filter_string=query)
 
 
 def _trial_tracker(parent: Tracker, run_name: str) -> Tracker:
     """The MLflow child run of a trial (found by its run name), where its model is logged."""
-    experiment_id = parent.client.get_run(parent.run_id).info.experiment_id
-    children = parent.client.search_runs([experiment_id], filter_string=f"tags.`tin.run_name` = '{run_name}'")
+    children = _trial_runs(parent, run_name)
     if not children:
         raise RuntimeError(f"no MLflow run named {run_name}")
     return Tracker(parent.uri, children[0].info.run_id)
