@@ -80,7 +80,9 @@ def is_unavailable(error: BaseException) -> bool:
     try:
         import botocore.exceptions
 
-        if isinstance(error, (botocore.exceptions.ConnectionError, botocore.exceptions.ReadTimeoutError)):
+        # ConnectionClosedError: the endpoint dropped the connection before answering (a store going away)
+        closed = botocore.exceptions.ConnectionClosedError
+        if isinstance(error, (botocore.exceptions.ConnectionError, botocore.exceptions.ReadTimeoutError, closed)):
             return True
     except ImportError:
         pass

@@ -101,3 +101,13 @@ def test_a_run_failed_by_storage_names_it():
     reader = storage.StorageUnavailable("storage did not answer for 6 s reading s3://b/v.mp4: refused")
     assert storage_failure(ControllerError(reader)) == "storage did not answer for 6 s reading s3://b/v.mp4: refused"
     assert storage_failure(WorkerGroupError("worker 0 failed", {0: ValueError("bad shape")})) is None
+
+
+def test_dropped_and_refused_connections_count_as_outages():
+    import aiohttp
+    import botocore.exceptions
+
+    assert storage.is_unavailable(botocore.exceptions.ConnectionClosedError(endpoint_url="http://127.0.0.1:9/b/k"))
+    assert storage.is_unavailable(botocore.exceptions.EndpointConnectionError(endpoint_url="http://127.0.0.1:9"))
+    assert storage.is_unavailable(aiohttp.ServerDisconnectedError())
+    assert not storage.is_unavailable(FileNotFoundError("s3://b/missing.mp4"))
