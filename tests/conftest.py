@@ -50,3 +50,21 @@ def local_ray(temp_dir: Path, num_cpus: int, env: dict[str, str] | None = None, 
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+
+
+@pytest.fixture(scope="module")
+def moto_s3():
+    """A real S3 endpoint for the module: moto's server on 127.0.0.1 (as s3fs's own tests do)."""
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()
+
+
+def s3_env(endpoint: str) -> dict[str, str]:
+    """The standard AWS variables pointing boto3, s3fs and pyarrow at a test endpoint."""
+    return {"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+            "AWS_DEFAULT_REGION": "us-east-1"}  # fmt: skip

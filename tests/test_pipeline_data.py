@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import ray
 import torch
-from conftest import local_ray
+from conftest import local_ray, s3_env
 
 from pipeline import check
 from pipeline.annotations import read_mmit
@@ -101,24 +101,10 @@ def test_check_command_reports_bad_root(tmp_path, capsys):
 
 
 @pytest.fixture(scope="module")
-def moto_s3():
-    from moto.server import ThreadedMotoServer
-
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0)
-    server.start()
-    host, port = server.get_host_and_port()
-    yield f"http://{host}:{port}"
-    server.stop()
-
-
-@pytest.fixture(scope="module")
 def ray_cluster(moto_s3, tmp_path_factory):
     """One local Ray cluster for this module; its decode tasks reach moto through the runtime env."""
     env = {
-        "AWS_ENDPOINT_URL": moto_s3,
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_DEFAULT_REGION": "us-east-1",
+        **s3_env(moto_s3),
     }
     with local_ray(tmp_path_factory.mktemp("ray"), num_cpus=2, env=env, runtime_env={"env_vars": env}):
         ray.data.DataContext.get_current().enable_progress_bars = False

@@ -16,7 +16,7 @@ from pathlib import Path
 import boto3
 import numpy as np
 import pytest
-from conftest import local_ray
+from conftest import local_ray, s3_env
 from mlflow.tracking import MlflowClient
 
 from pipeline.config import TrainConfig
@@ -29,24 +29,10 @@ STABLE_METRICS = ["train_loss", "val_map", "val_map_classes", "clips_per_s", "da
 
 
 @pytest.fixture(scope="module")
-def moto_s3():
-    from moto.server import ThreadedMotoServer
-
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0)
-    server.start()
-    host, port = server.get_host_and_port()
-    yield f"http://{host}:{port}"
-    server.stop()
-
-
-@pytest.fixture(scope="module")
 def cluster(tmp_path_factory, moto_s3):
     """One local Ray cluster for the module (4 logical CPUs on 2 cores: 2 training workers plus decoding)."""
     env = {
-        "AWS_ENDPOINT_URL": moto_s3,
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_DEFAULT_REGION": "us-east-1",
+        **s3_env(moto_s3),
         "TIN_CACHE_DIR": str(tmp_path_factory.mktemp("cache")),
     }
     temp_dir = tmp_path_factory.mktemp("ray")
