@@ -1,6 +1,6 @@
 """Ray Data: manifest rows -> decoded, sampled, transformed uint8 clips, streamed to training workers.
 
-    rows (index, uri, labels) --random_shuffle (train)--> map_batches(ClipDecoder, actor pool)
+    rows (index, uri, labels) --shuffled, block order drawn each epoch (train)--> map_batches(decode_batch, task pool)
         --> {clip: uint8 [T, H, W, 3], labels: float32 multi-hot [K] | int64, index: int64, status: int8}
 
 Only the sampled frames are decoded (pipeline.video), straight from the storage the URI names. The dataset re-runs
@@ -12,6 +12,7 @@ dropped and counted by reason by the consumer (`BadVideoCounter`), never a crash
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -124,7 +125,8 @@ class ClipDecoder:
 
 def decode_batch(batch: dict[str, np.ndarray], **decoder_args) -> dict[str, np.ndarray]:
     """map_batches task: a stateless ClipDecoder call (tasks reuse Ray's pooled worker processes, so imports and
-    storage clients stay warm across epochs, where a fresh actor pool per epoch would start cold)."""
+    storage clients stay warm across epochs, where a fresh actor pool per epoch would start cold: measured 12.7 vs
+    15.5 clips/s on 2 CPUs)."""
     return ClipDecoder(**decoder_args)(batch)
 
 
@@ -136,10 +138,15 @@ def clip_dataset(
     train: bool,
     decoders: int = 2,
     cpus_per_decoder: float = 1.0,
-    batch_size: int = 4,
+    batch_size: int = 16,
     seed: int = 0,
 ) -> ray.data.Dataset:
-    """A Ray Dataset of decoded clips, decoded by up to `decoders` concurrent tasks, `batch_size` videos per task.
+    """A Ray Dataset of decoded clips, decoded by up to `decoders` concurrent tasks, each decoding one block of about
+    `batch_size` videos (larger blocks past 1000 of them, still decoded `batch_size` at a time).
+
+    Tasks are large because Ray Data notices a finished task only on its next scheduling round (0.1-0.2 s later,
+    ray-project/ray#45934), while the decoder sits idle: on 2 CPUs, 16 videos per task decode 15.5 clips/s, 4 per
+    task 13.5. Small datasets get smaller tasks, so that every decoder has work.
 
     Training rows are shuffled once here (annotation files are often sorted by class) and the order of their blocks
     is drawn anew every epoch; consumers add a local shuffle buffer. (A full `random_shuffle` would need whole CPUs
@@ -147,7 +154,10 @@ def clip_dataset(
     """
     if train:
         rows = [rows[i] for i in np.random.default_rng(seed).permutation(len(rows))]
-    ds = ray.data.from_items(rows, override_num_blocks=max(1, min(len(rows) // batch_size, 1000)))
+    # One block per task: blocks of at least the batch size (map_batches would merge smaller ones).
+    num_blocks = max(1, min(math.ceil(len(rows) / batch_size), 1000), min(decoders, len(rows)))
+    batch_size = max(1, min(batch_size, len(rows) // num_blocks))
+    ds = ray.data.from_items(rows, override_num_blocks=num_blocks)
     if train:
         ds = ds.randomize_block_order()
     return ds.map_batches(

@@ -126,7 +126,7 @@ def build_trainer(
     spec = clip_spec(cfg)
     train_ds = clip_dataset(
         train_rows, spec, datasets.train.num_classes, datasets.train.multi_label, train=True,
-        decoders=cfg.decoders, cpus_per_decoder=cpus_per_decoder, batch_size=8, seed=cfg.seed,
+        decoders=cfg.decoders, cpus_per_decoder=cpus_per_decoder, seed=cfg.seed,
     )  # fmt: skip
     data = {
         "val_rows": manifest_rows(datasets.val),

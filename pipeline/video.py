@@ -37,6 +37,9 @@ import numpy as np
 from pipeline.storage import open_uri
 
 BACKENDS = ("auto", "decord", "pyav")
+# One decoding thread per reader: the pipeline runs one decoder per CPU, and FFmpeg's frame threads then only contend
+# (measured on 2 CPUs, 2 processes: 19.6 clips/s with 1 thread vs 17.3 with FFmpeg's automatic count).
+DECORD_THREADS = 1
 Sample = Callable[[int], np.ndarray] | np.ndarray | Sequence[int]
 
 
@@ -168,7 +171,7 @@ def _decord_frames(f: IO[bytes], indices: np.ndarray, size: tuple[int, int], sca
     height, width = size
     f.seek(0)
     # width/height are the displayed (rotated) output size; decord scales in its filter graph.
-    reader = decord.VideoReader(f, width=width, height=height)
+    reader = decord.VideoReader(f, width=width, height=height, num_threads=DECORD_THREADS)
     if len(reader) != scan.info.num_frames:
         raise _DecordUnsuitable(f"decord counts {len(reader)} frames, {scan.info.num_frames} decode")
     flat = reader.get_batch(indices.ravel().tolist()).asnumpy()
