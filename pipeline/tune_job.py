@@ -247,8 +247,9 @@ def _record_trial_statuses(parent: Tracker, sweep_name: str, rows: list[TrialRow
     leaves the run RUNNING or interrupts it into FAILED, so the driver records the truth: KILLED for a trial
     stopped early, FINISHED for one that ran every epoch, FAILED for one that errored."""
     client = parent.client
+    children = _child_runs(parent)
     for row in rows:
-        for run in _trial_runs(parent, trial_run_name(sweep_name, row.trial_id)):
+        for run in children.get(trial_run_name(sweep_name, row.trial_id), []):
             if row.status == "STOPPED":
                 client.set_tag(run.info.run_id, "stopped_early", "ASHA")
                 if "error" in run.data.tags:  # the interruption of an early stop, not an error of the trial
@@ -256,16 +257,24 @@ def _record_trial_statuses(parent: Tracker, sweep_name: str, rows: list[TrialRow
             client.set_terminated(run.info.run_id, status=TRIAL_RUN_STATUS[row.status])
 
 
-def _trial_runs(parent: Tracker, run_name: str) -> list:
-    """The MLflow child runs of the sweep named `run_name` (one per trial)."""
+def _child_runs(parent: Tracker, page_size: int = 1000) -> dict[str, list]:
+    """The sweep's MLflow child runs (one per trial) by run name, fetched in one paged search."""
     experiment_id = parent.client.get_run(parent.run_id).info.experiment_id
-    query = f"tags.`mlflow.parentRunId` = '{parent.run_id}' and tags.`{RUN_NAME_TAG}` = '{run_name}'"
-    return parent.client.search_runs([experiment_id], filter_string=query)
+    query = f"tags.`mlflow.parentRunId` = '{parent.run_id}'"
+    children: dict[str, list] = {}
+    token = None
+    while True:
+        page = parent.client.search_runs([experiment_id], filter_string=query, max_results=page_size, page_token=token)
+        for run in page:
+            children.setdefault(run.data.tags.get(RUN_NAME_TAG, ""), []).append(run)
+        token = page.token
+        if not token:
+            return children
 
 
 def _trial_tracker(parent: Tracker, run_name: str) -> Tracker:
     """The MLflow child run of a trial (found by its run name), where its model is logged."""
-    children = _trial_runs(parent, run_name)
+    children = _child_runs(parent).get(run_name)
     if not children:
         raise RuntimeError(f"no MLflow run named {run_name}")
     return Tracker(parent.uri, children[0].info.run_id)

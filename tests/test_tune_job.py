@@ -14,7 +14,8 @@ from mlflow.tracking import MlflowClient
 
 from pipeline.config import TrainConfig
 from pipeline.synthetic import SyntheticSpec, generate_mmit
-from pipeline.tune_job import SweepConfig, run_sweep
+from pipeline.tracking import start_run
+from pipeline.tune_job import SweepConfig, _child_runs, run_sweep
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -78,3 +79,17 @@ def test_sweep_flags_checked_before_ray(tmp_path):
                             timeout=120)  # fmt: skip
     assert result.returncode == 2 and "--num-samples must be >= 1" in result.stderr
     assert "Started a local Ray instance" not in result.stdout + result.stderr
+
+
+def test_child_runs_grouped_by_name_across_pages(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    parent = start_run(uri, "sweep", "sweep-1", {})
+    other = start_run(uri, "sweep", "sweep-2", {})
+    names = [f"trial_{i}" for i in range(5)]
+    for name in names:
+        start_run(uri, "sweep", name, {}, parent_run_id=parent.run_id)
+    start_run(uri, "sweep", "trial_x", {}, parent_run_id=other.run_id)  # another sweep's child
+
+    children = _child_runs(parent, page_size=2)  # three pages
+    assert sorted(children) == names
+    assert all(len(runs) == 1 for runs in children.values())
