@@ -222,13 +222,14 @@ def run_sweep(base: TrainConfig, sweep: SweepConfig, datasets: Datasets | None =
     try:
         results = tuner.fit()
         rows = summarize(results, base.epochs)
-        _record_trial_statuses(parent, sweep_name, rows)
+        children = _child_runs(parent)
+        _record_trial_statuses(parent, children, sweep_name, rows)
         table = format_table(rows)
         parent.log_text(table + "\n", "sweep_summary.txt")
         parent.log_dict({"trials": [r.__dict__ for r in rows]}, "sweep_summary.json")
         best, checkpoint = best_trial_checkpoint(results, base)
         best_cfg = replace(base, **{k: best.config[k] for k in SAMPLED})
-        trial_tracker = _trial_tracker(parent, trial_run_name(sweep_name, trial_id_of(best)))
+        trial_tracker = _trial_tracker(parent, children, trial_run_name(sweep_name, trial_id_of(best)))
         _, version, _, message = register_checkpoint(best_cfg, trial_tracker, datasets, checkpoint)
         parent.set_tag("best_trial", trial_id_of(best))
         parent.set_tag("registered_version", f"{base.register_as}/{version}")
@@ -242,12 +243,11 @@ def run_sweep(base: TrainConfig, sweep: SweepConfig, datasets: Datasets | None =
 TRIAL_RUN_STATUS = {"DONE": "FINISHED", "STOPPED": "KILLED", "ERROR": "FAILED"}
 
 
-def _record_trial_statuses(parent: Tracker, sweep_name: str, rows: list[TrialRow]) -> None:
+def _record_trial_statuses(parent: Tracker, children: dict[str, list], sweep_name: str, rows: list[TrialRow]) -> None:
     """End each trial's MLflow run as Tune saw the trial: ASHA stops a trial by ending its process, which either
     leaves the run RUNNING or interrupts it into FAILED, so the driver records the truth: KILLED for a trial
     stopped early, FINISHED for one that ran every epoch, FAILED for one that errored."""
     client = parent.client
-    children = _child_runs(parent)
     for row in rows:
         for run in children.get(trial_run_name(sweep_name, row.trial_id), []):
             if row.status == "STOPPED":
@@ -272,9 +272,8 @@ def _child_runs(parent: Tracker, page_size: int = 1000) -> dict[str, list]:
             return children
 
 
-def _trial_tracker(parent: Tracker, run_name: str) -> Tracker:
+def _trial_tracker(parent: Tracker, children: dict[str, list], run_name: str) -> Tracker:
     """The MLflow child run of a trial (found by its run name), where its model is logged."""
-    children = _child_runs(parent).get(run_name)
-    if not children:
+    if not children.get(run_name):
         raise RuntimeError(f"no MLflow run named {run_name}")
-    return Tracker(parent.uri, children[0].info.run_id)
+    return Tracker(parent.uri, children[run_name][0].info.run_id)
