@@ -3,7 +3,10 @@ disk and from a real S3 endpoint (moto's server)."""
 
 from __future__ import annotations
 
+import os
 import shutil
+import threading
+import time
 from pathlib import Path
 
 import boto3
@@ -15,7 +18,16 @@ from conftest import local_ray, s3_env
 
 from pipeline import check
 from pipeline.annotations import read_mmit
-from pipeline.data import REASONS, BadVideoCounter, ClipSpec, clip_dataset, manifest_rows, torch_batches
+from pipeline.data import (
+    REASONS,
+    BadVideoCounter,
+    ClipDecoder,
+    ClipSpec,
+    clip_dataset,
+    manifest_rows,
+    map_with_idle_helper,
+    torch_batches,
+)
 from pipeline.synthetic import SyntheticSpec, generate_mmit
 from pipeline.transforms import IMAGENET_MEAN, IMAGENET_STD, ClipTransform, multi_scale_crop_box, normalize
 
@@ -95,6 +107,56 @@ def test_check_command_on_real_clips(real_clips_root, capsys):
 def test_check_command_reports_bad_root(tmp_path, capsys):
     assert check.main([str(tmp_path / "missing")]) == 2
     assert "missing" in capsys.readouterr().err
+
+
+# --- decoding a batch with an idle-priority helper thread --------------------------------------------------------
+
+idle_priority = pytest.mark.skipif(not hasattr(os, "SCHED_IDLE"), reason="SCHED_IDLE is Linux-only")
+
+
+@idle_priority
+def test_idle_helper_takes_jobs_at_idle_priority_and_keeps_their_order():
+    ran = []
+
+    def job(i):
+        time.sleep(0.02)  # releases the GIL, as decoding does: the helper gets its turns
+        ran.append((i, threading.get_ident(), os.sched_getscheduler(0)))
+        return i * i
+
+    assert map_with_idle_helper(job, [(i,) for i in range(30)]) == [i * i for i in range(30)]
+    assert sorted(i for i, _, _ in ran) == list(range(30)), "every job runs exactly once"
+    policies = {ident: policy for _, ident, policy in ran}
+    caller = threading.get_ident()
+    assert len(policies) == 2 and policies[caller] == os.SCHED_OTHER
+    assert [policy for ident, policy in policies.items() if ident != caller] == [os.SCHED_IDLE]
+    assert os.sched_getscheduler(0) == os.SCHED_OTHER, "the caller's own priority is untouched"
+
+
+@idle_priority
+def test_idle_helper_stops_both_threads_at_the_first_error():
+    ran = []
+
+    def job(i):
+        time.sleep(0.02)
+        ran.append(i)
+        if i == 3:
+            raise ValueError("job 3 failed")
+
+    with pytest.raises(ValueError, match="job 3 failed"):
+        map_with_idle_helper(job, [(i,) for i in range(40)])
+    assert 3 in ran and len(ran) <= 6, f"the remaining jobs must be dropped, ran {ran}"
+
+
+def test_idle_helper_decodes_what_one_thread_decodes(real_clips_root):
+    """The real clips (the corrupt one, PyAV fallbacks, odd sizes) through a batch: the same clips, statuses and
+    order with and without the helper, and decoded only once each."""
+    manifest = read_mmit(str(real_clips_root), "training")
+    rows = manifest_rows(manifest)
+    batch = {key: np.array([row[key] for row in rows], dtype=object) for key in ("index", "uri", "labels")}
+    runs = [ClipDecoder(SPEC, 3, True, train=False, idle_helper=helper)(batch) for helper in (False, True)]
+    assert runs[0]["status"].tolist().count(REASONS.index("corrupt")) == 1
+    for key in ("clip", "labels", "index", "status"):
+        assert np.array_equal(runs[0][key], runs[1][key]), key
 
 
 # --- Ray Data ------------------------------------------------------------------------------------------------------

@@ -67,6 +67,20 @@ def test_lasting_outage_stops_with_a_clear_error(s3_clip, monkeypatch):
         decoder().decode(uri)
 
 
+def test_lasting_outage_stops_a_batch_at_once(s3_clip, monkeypatch):
+    """Through a whole batch, as a decode task runs it (with its idle-priority helper): the first outage error ends
+    the batch; the other videos are not each retried for RETRY_SECONDS in turn."""
+    server, _, uri = s3_clip
+    monkeypatch.setattr(storage, "RETRY_SECONDS", 3.0)
+    server.stop()
+    s3fs.S3FileSystem.clear_instance_cache()
+    batch = {"uri": np.array([uri] * 6), "labels": np.array([[0]] * 6), "index": np.arange(6)}
+    start = time.monotonic()
+    with pytest.raises(storage.StorageUnavailable, match="s3://outage/clip.mp4"):
+        decoder()(batch)
+    assert time.monotonic() - start < 9.0, "at most one retry period per thread, not one per video"
+
+
 def test_missing_object_is_a_bad_video_not_an_outage(s3_clip):
     clip, status = decoder().decode("s3://outage/missing.mp4")
     assert status != 0 and not np.any(clip)
