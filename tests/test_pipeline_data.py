@@ -148,8 +148,8 @@ def test_idle_helper_stops_both_threads_at_the_first_error():
 
 
 def test_idle_helper_decodes_what_one_thread_decodes(real_clips_root):
-    """The real clips (the corrupt one, PyAV fallbacks, odd sizes) through a batch: the same clips, statuses and
-    order with and without the helper, and decoded only once each."""
+    """The real clips (the corrupt one, PyAV fallbacks, odd sizes) through a batch: the same clips, labels,
+    statuses and order with and without the helper."""
     manifest = read_mmit(str(real_clips_root), "training")
     rows = manifest_rows(manifest)
     batch = {key: np.array([row[key] for row in rows], dtype=object) for key in ("index", "uri", "labels")}
