@@ -11,6 +11,7 @@ dropped and counted by reason by the consumer (`BadVideoCounter`), never a crash
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import os
@@ -18,6 +19,7 @@ import time
 from collections import Counter, deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import ray
@@ -68,11 +70,14 @@ class ClipDecoder:
     With `idle_helper` (Linux), an idle-priority thread decodes the batch's clips alongside the calling thread.
     decord and PyAV release the GIL while decoding, so the helper turns CPU time that nothing else wants into clips:
     the gaps Ray Data leaves between a decoder's tasks (ray-project/ray#45934), an execution's first second, in which
-    Ray Data runs a single task, and an epoch's tail. At idle priority it never takes CPU from the decoders' own
-    threads, the trainers or other tasks. Measured on 2 CPUs, one pass of 256 clips: the CPUs idled 2.9-3.1 core-s
-    without the helper and 0.1-0.2 with it (15.9-16.2 vs 17.5-17.7 clips/s); over interleaved rounds, medians as
-    fractions of the decode limit, 0.84-0.88x without it and 0.90-0.99x with it, from local disk and S3 alike (a
-    normal-priority second thread measured the same as the idle one, but would take CPU from trainers).
+    Ray Data runs a single task, and an epoch's tail. At idle priority it yields every CPU to the decoders' own
+    threads, the trainers and other tasks; where a CPU quota would let it spend their time all the same, there is no
+    helper (`idle_helper_fits`). Measured on 2 CPUs, one pass of 256 clips: the CPUs idled 2.4-3.4 core-s without
+    the helper and 0.1-0.2 with it; the decoders' extra threads cost cache and context switches (decoder CPU per
+    clip: median +6.5%, -1.5 to +10%, over 9 interleaved rounds), so the net gain is smaller than the idle time
+    reclaimed: median +2% clips/s over those rounds, +7-12% in earlier ones (medians as fractions of the decode limit
+    0.84-0.88x without it, 0.90-0.99x with it, from local disk and S3 alike). A normal-priority second thread
+    measured the same as the idle one, but would take CPU from trainers.
     """
 
     def __init__(
@@ -84,7 +89,7 @@ class ClipDecoder:
         self.mode = "train" if train else "val"
         self.transform = ClipTransform(spec.crop_size, train=train, flip=spec.flip)
         self.rng = np.random.default_rng()  # fresh entropy per call: new samples every epoch
-        self.idle_helper = idle_helper and hasattr(os, "SCHED_IDLE")
+        self.idle_helper = idle_helper and idle_helper_fits()
 
     def decode(self, uri: str, rng: np.random.Generator | None = None) -> tuple[np.ndarray, int]:
         """(clip, 0), or (zeros, reason code) for a video that cannot be decoded. Storage that does not answer is
@@ -140,6 +145,50 @@ class ClipDecoder:
             "index": np.asarray(batch["index"], dtype=np.int64),
             "status": np.asarray(status, dtype=np.int8),
         }
+
+
+def cpu_quota(root: Path = Path("/sys/fs/cgroup"), proc_cgroup: Path = Path("/proc/self/cgroup")) -> float | None:
+    """The CPUs per period this process's cgroup may use (a CFS quota: a Kubernetes or Docker CPU limit), or None
+    where it has none: cgroup v2 `cpu.max`, else v1 `cpu.cfs_quota_us`, of the cgroup /proc/self/cgroup names, or of
+    the hierarchy's root where that path is not mounted (a container that sees its own cgroup as the root)."""
+    try:
+        lines = proc_cgroup.read_text().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        _, controllers, path = line.split(":", 2)
+        if controllers != "" and "cpu" not in controllers.split(","):
+            continue
+        hierarchy = root if controllers == "" else root / controllers  # "": the v2 unified hierarchy
+        folder = hierarchy / path.lstrip("/")
+        folder = folder if folder.is_dir() else hierarchy
+        try:
+            if controllers == "":
+                quota, period = (folder / "cpu.max").read_text().split()
+                if quota != "max":
+                    return int(quota) / int(period)
+            else:
+                quota = int((folder / "cpu.cfs_quota_us").read_text())
+                if quota > 0:
+                    return quota / int((folder / "cpu.cfs_period_us").read_text())
+        except (OSError, ValueError):
+            continue  # no cpu controller in this hierarchy (a v2 line beside v1 controllers)
+    return None
+
+
+@functools.cache
+def idle_helper_fits() -> bool:
+    """Whether an idle-priority helper thread takes only CPU time nothing else of ours wants. SCHED_IDLE yields on a
+    CPU's run queue, but a CPU quota is one budget for the whole cgroup: where the process may run on more CPUs than
+    its quota (a pod with a CPU limit on a larger host), a helper on an otherwise idle CPU spends quota that the
+    decoders and trainers in the same container then lack. There, and where SCHED_IDLE does not exist, no helper."""
+    if not hasattr(os, "SCHED_IDLE"):
+        return False
+    quota, cpus = cpu_quota(), len(os.sched_getaffinity(0))
+    if quota is not None and quota < cpus:
+        logger.info("CPU quota of %.2f CPUs on %d CPUs: decoding without the idle-priority helper", quota, cpus)
+        return False
+    return True
 
 
 def map_with_idle_helper(fn, jobs: list[tuple]) -> list:
