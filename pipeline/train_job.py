@@ -299,6 +299,3 @@ def summary(outcome: TrainOutcome) -> str:
         f"models:/{outcome.model_name}/{outcome.version} VIDEO...",
     ]
     return "\n".join(lines)
-
-
-
