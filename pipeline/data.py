@@ -70,14 +70,15 @@ class ClipDecoder:
     With `idle_helper` (Linux), an idle-priority thread decodes the batch's clips alongside the calling thread.
     decord and PyAV release the GIL while decoding, so the helper turns CPU time that nothing else wants into clips:
     the gaps Ray Data leaves between a decoder's tasks (ray-project/ray#45934), an execution's first second, in which
-    Ray Data runs a single task, and an epoch's tail. At idle priority it yields every CPU to the decoders' own
-    threads, the trainers and other tasks; where a CPU quota would let it spend their time all the same, there is no
-    helper (`idle_helper_fits`). Measured on 2 CPUs, one pass of 256 clips: the CPUs idled 2.4-3.4 core-s without
-    the helper and 0.1-0.2 with it; the decoders' extra threads cost cache and context switches (decoder CPU per
-    clip: median +6.5%, -1.5 to +10%, over 9 interleaved rounds), so the net gain is smaller than the idle time
-    reclaimed: median +2% clips/s over those rounds, +7-12% in earlier ones (medians as fractions of the decode limit
-    0.84-0.88x without it, 0.90-0.99x with it, from local disk and S3 alike). A normal-priority second thread
-    measured the same as the idle one, but would take CPU from trainers.
+    Ray Data runs a single task (Ray 2.60's executor reads its CPU limit as zero until the first refresh, 1 s in, as
+    the autoscaling coordinator answers asynchronously), and an epoch's tail, which that late start staggers. At idle
+    priority it yields every CPU to the decoders' own threads, the trainers and other tasks; where a CPU quota would
+    let it spend their time all the same, there is no helper (`idle_helper_fits`). Measured on 2 CPUs, one pass of
+    256 clips: the CPUs idled 2.4-3.4 core-s without the helper and 0.1-0.2 with it. Whether its extra threads cost
+    the decoders CPU per clip is within this machine's noise (median +6.5% over 9 interleaved rounds in one run,
+    -2.4% over 10 in another); clips/s gained: median +2% in the first, +15% in the second (128-clip passes, where
+    the start and tail weigh more). A normal-priority second thread measured the same as the idle one, but would
+    take CPU from trainers.
     """
 
     def __init__(
