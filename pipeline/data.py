@@ -74,11 +74,11 @@ class ClipDecoder:
     the autoscaling coordinator answers asynchronously), and an epoch's tail, which that late start staggers. At idle
     priority it yields every CPU to the decoders' own threads, the trainers and other tasks; where a CPU quota would
     let it spend their time all the same, there is no helper (`idle_helper_fits`). Measured on 2 CPUs, one pass of
-    256 clips: the CPUs idled 2.4-3.4 core-s without the helper and 0.1-0.2 with it. Whether its extra threads cost
-    the decoders CPU per clip is within this machine's noise (median +6.5% over 9 interleaved rounds in one run,
-    -2.4% over 10 in another); clips/s gained: median +2% in the first, +15% in the second (128-clip passes, where
-    the start and tail weigh more). A normal-priority second thread measured the same as the idle one, but would
-    take CPU from trainers.
+    256 clips: the CPUs idled 2.4-3.4 core-s without the helper and 0.1-0.2 with it. Its extra thread costs no
+    measurable CPU per clip (a decoder beside a CPU kept busy, where the helper only gets slivers: median -0.2% over 8
+    rounds; over whole passes +6.5% in one run and -2.4% in another, within this machine's noise); clips/s gained:
+    median +2% and +15% in those runs (the second with 128-clip passes, where the start and tail weigh more). A
+    normal-priority second thread measured the same as the idle one, but would take CPU from trainers.
     """
 
     def __init__(
