@@ -1,12 +1,12 @@
 # Two commands for users and CI; each sets up .venv on a fresh machine first (about 5 minutes, once):
 #   make run    the main job on its embedded default (local Ray, generated data, local MLflow)
-#   make test   lint and the whole test suite
+#   make test   lint and the whole test suite (make test-fast: the unit tests, no Ray cluster)
 PYTHON ?= python3.11
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.tin-setup-done
 
-.PHONY: setup run test lint bench clean-build
+.PHONY: setup run test test-fast lint bench bench-data bench-temporal clean-build
 
 setup: $(STAMP)
 
@@ -25,12 +25,22 @@ run: setup
 
 lint: setup
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 
 test: lint
 	$(VENV)/bin/pytest
 
+test-fast: lint
+	$(VENV)/bin/pytest -m "not cluster"
+
 bench: setup
-	$(PY) -m tin_core.bench
+	$(PY) -m benchmarks.op
+
+bench-data: setup
+	$(PY) -m benchmarks.data
+
+bench-temporal: setup
+	$(PY) -m benchmarks.temporal
 
 clean-build:
 	rm -rf build tin_ops*.so $(STAMP)

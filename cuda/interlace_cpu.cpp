@@ -90,15 +90,10 @@ at::Tensor interlace_cpu(const at::Tensor& x_in, const at::Tensor& offsets_in, c
 std::tuple<at::Tensor, at::Tensor, at::Tensor> interlace_backward_cpu(const at::Tensor& grad_in, const at::Tensor& x_in,
                                                                       const at::Tensor& offsets_in,
                                                                       const at::Tensor& weights_in) {
-  const InterlaceShape shape = check_interlace_inputs(x_in, offsets_in, weights_in);
-  TORCH_CHECK(grad_in.sizes() == x_in.sizes(), "tin::interlace_backward: grad ", grad_in.sizes(), " != x ",
-              x_in.sizes());
-  const at::Tensor grad = grad_in.contiguous(), x = x_in.contiguous();
-  const at::Tensor offsets = offsets_in.contiguous(), weights = weights_in.contiguous();
-  at::Tensor grad_x = at::empty_like(x);
-  const auto acc_dtype = at::toOpMathType(x.scalar_type());
-  at::Tensor interp = at::empty({shape.batch, shape.frames, shape.groups}, x.options().dtype(acc_dtype));
-  at::Tensor diff = at::empty_like(interp);
+  const BackwardBuffers b = prepare_backward(grad_in, x_in, offsets_in, weights_in);
+  const InterlaceShape shape = b.shape;  // named locals: lambdas cannot capture structured bindings in C++17
+  const at::Tensor &grad = b.grad, &x = b.x, &offsets = b.offsets, &weights = b.weights;
+  const at::Tensor &grad_x = b.grad_x, &interp = b.interp, &diff = b.diff;
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "tin_interlace_backward_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const scalar_t* off = offsets.data_ptr<scalar_t>();

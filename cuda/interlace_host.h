@@ -1,7 +1,11 @@
 // Host-side pieces shared by the CPU and CUDA implementations: input checks and the last step of the backward pass.
 #pragma once
 
+#include <ATen/OpMathType.h>
 #include <ATen/core/Tensor.h>
+#include <ATen/ops/empty_like.h>
+#include <ATen/ops/zeros.h>
+#include <ATen/ops/zeros_like.h>
 #include <c10/util/Exception.h>
 
 #include <cstdint>
@@ -36,6 +40,27 @@ inline InterlaceShape check_interlace_inputs(const at::Tensor& x, const at::Tens
   int64_t spatial = 1;
   for (int64_t d = 3; d < x.dim(); ++d) spatial *= x.size(d);
   return InterlaceShape{n, t, g, (c / g) * spatial};
+}
+
+// What both backward passes set up before their kernels run: checked shapes, contiguous inputs, the input gradient
+// to fill, and zeroed per-(n, t, g) accumulators (in the accumulation dtype) for the parameter gradients.
+struct BackwardBuffers {
+  InterlaceShape shape;
+  at::Tensor grad, x, offsets, weights;
+  at::Tensor grad_x;
+  at::Tensor interp, diff;
+};
+
+inline BackwardBuffers prepare_backward(const at::Tensor& grad, const at::Tensor& x, const at::Tensor& offsets,
+                                        const at::Tensor& weights) {
+  const InterlaceShape shape = check_interlace_inputs(x, offsets, weights);
+  TORCH_CHECK(grad.sizes() == x.sizes(), "tin::interlace_backward: grad ", grad.sizes(), " != x ", x.sizes());
+  BackwardBuffers b{shape, grad.contiguous(), x.contiguous(), offsets.contiguous(), weights.contiguous()};
+  b.grad_x = at::empty_like(b.x);
+  const auto acc_dtype = at::toOpMathType(x.scalar_type());
+  b.interp = at::zeros({shape.batch, shape.frames, shape.groups}, x.options().dtype(acc_dtype));
+  b.diff = at::zeros_like(b.interp);
+  return b;
 }
 
 // The kernels leave, per (n, t, g), the row sums `interp` = d loss / d w and `diff` = d loss / d f / w (both in the

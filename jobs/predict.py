@@ -2,6 +2,8 @@
 
     python jobs/predict.py video.mp4 other.mp4
     python jobs/predict.py --model models:/tin-mmit/3 --top-k 3 --mlflow-uri http://mlflow:5000 s3://bucket/clip.mp4
+
+Each video prints as one line of its top-k labels and probabilities.
 """
 
 from __future__ import annotations
@@ -23,8 +25,8 @@ def main(argv: list[str] | None = None) -> int:
 
     import mlflow
 
-    from pipeline.predict import predict_top_k
-    from pipeline.tracking import tracking_uri
+    from pipeline.registry.predict import predict_top_k
+    from pipeline.registry.tracking import tracking_uri
 
     mlflow.set_tracking_uri(tracking_uri(args.mlflow_uri))
     for video, top in zip(args.videos, predict_top_k(args.model, args.videos, args.top_k), strict=True):

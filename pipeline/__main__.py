@@ -2,7 +2,7 @@
 
 import sys
 
-from pipeline import check
+from pipeline.data import check
 
 COMMANDS = {"check": check.main}
 

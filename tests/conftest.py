@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import socket
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,23 @@ import ray
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("TIN_SHARED_DIR", REPO.parent / "shared"))
+
+
+# Fixtures that start a Ray cluster: tests using them are marked `cluster` (`make test-fast` leaves them out).
+CLUSTER_FIXTURES = {"cluster", "ray_cluster", "head", "stack"}
+
+
+def pytest_collection_modifyitems(items) -> None:
+    for item in items:
+        if CLUSTER_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.cluster)
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 right now (for servers that must be told their port up front)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="session")

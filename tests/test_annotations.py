@@ -6,12 +6,12 @@ from __future__ import annotations
 import json
 import os
 import pickle
-import socket
 from pathlib import Path
 
 import pytest
+from conftest import free_port
 
-from pipeline.annotations import (
+from pipeline.data.annotations import (
     AnnotationError,
     Manifest,
     VideoRecord,
@@ -681,9 +681,7 @@ def test_read_hmdb51_malformed(tmp_path, row, message, reason):
 def moto_endpoint():
     from moto.server import ThreadedMotoServer
 
-    with socket.socket() as sock:  # a free port; ThreadedMotoServer has no "port 0 then report" for the URL
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()  # ThreadedMotoServer has no "port 0 then report" for the URL
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
     yield f"http://127.0.0.1:{port}"

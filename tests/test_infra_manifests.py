@@ -16,7 +16,6 @@ release (ray.io_rayclusters.yaml, ray.io_rayjobs.yaml) to validate against the r
 from __future__ import annotations
 
 import copy
-import importlib.util
 import json
 import os
 import re
@@ -29,6 +28,7 @@ import pytest
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("TIN_SHARED_DIR", REPO.parent / "shared"))
 INFRA = REPO / "infra"
 K8S = INFRA / "k8s"
 DOCKER = INFRA / "docker"
@@ -344,11 +344,13 @@ def test_openapi_conversion_is_strict():
     "kind,crd_name", [("RayCluster", "ray.io_rayclusters.yaml"), ("RayJob", "ray.io_rayjobs.yaml")]
 )
 def test_kuberay_resources_match_the_kuberay_crd(kind, crd_name):
-    crd_dir = os.environ.get("KUBERAY_CRD_DIR")
+    crd_dir = os.environ.get("KUBERAY_CRD_DIR") or (
+        SHARED / "kuberay-crds" if (SHARED / "kuberay-crds").is_dir() else ""
+    )
     if not crd_dir:
         pytest.skip(
             "no KubeRay CRD available offline (no PyPI package ships it): set KUBERAY_CRD_DIR to the crd/bases "
-            "directory of a KubeRay release (v1.6+) to validate against its openAPIV3Schema"
+            "directory of a KubeRay release (v1.6+), or keep them in ../shared/kuberay-crds"
         )
     from jsonschema import Draft7Validator
 
@@ -380,23 +382,15 @@ def test_cluster_has_a_head_a_cpu_group_and_a_gpu_group():
     assert all(":" in image and not image.endswith(":latest") for image in images.values())
 
 
-def _train_parser():
-    spec = importlib.util.spec_from_file_location("train_mmit_for_test", REPO / "jobs" / "train_mmit.py")
-    module = importlib.util.module_from_spec(spec)
-    try:
-        spec.loader.exec_module(module)
-    except ImportError as error:
-        pytest.skip(f"jobs/train_mmit.py does not import here: {error}")
-    return module.get_args_parser()
-
-
 def test_rayjob_entrypoint_is_the_training_job_with_valid_flags():
+    from pipeline.train.config import JobConfig, parse_cli
+
     entrypoint = _rayjob()["spec"]["entrypoint"]
     command = entrypoint.split("&&")[-1].split()
     assert command[:2] == ["python", "jobs/train_mmit.py"], entrypoint
-    args = _train_parser().parse_args(command[2:])  # argparse exits on an unknown flag
-    assert args.use_gpu is True and args.strategy in {"ddp", "deepspeed"}
-    assert args.data.startswith("s3://") and args.storage.startswith("s3://")
+    cfg = parse_cli(JobConfig, command[2:], "")  # exits on an unknown flag or a bad value
+    assert cfg.dist.use_gpu is True and cfg.dist.strategy in {"ddp", "deepspeed"}
+    assert cfg.data.root.startswith("s3://") and cfg.tracking.storage.startswith("s3://")
     assert "working_dir" not in _rayjob()["spec"].get("runtimeEnvYAML", "")
 
 

@@ -6,24 +6,18 @@ from __future__ import annotations
 import os
 import secrets
 import signal
-import socket
 import subprocess
 from pathlib import Path
 
 import psutil
 import pytest
+from conftest import free_port
 from mlflow.tracking import MlflowClient
 
-from pipeline.synthetic import SyntheticSpec, generate_mmit
+from pipeline.data.synthetic import SyntheticSpec, generate_mmit
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(os.sys.executable).parent
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def processes_under(temp_dir: Path) -> list[psutil.Process]:

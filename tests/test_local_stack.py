@@ -345,7 +345,7 @@ def s3(stack):
 @pytest.fixture(scope="module")
 def stack_data(stack, s3, tmp_path_factory):
     """A tiny MMiT dataset uploaded to the stack's bucket; returns its s3:// URI."""
-    from pipeline.synthetic import SyntheticSpec, generate_mmit
+    from pipeline.data.synthetic import SyntheticSpec, generate_mmit
 
     root = generate_mmit(tmp_path_factory.mktemp("stack") / "mmit",
                          SyntheticSpec(num_train=16, num_val=8, frames=12, size=32))  # fmt: skip
@@ -529,7 +529,9 @@ def test_lasting_s3_outage_fails_clearly_and_registers_nothing(stack, s3, stack_
         gate.up()
     assert status == "FAILED", logs[-6000:]
     assert gate.refused > 0
-    message = f"StorageUnavailable: training stopped, nothing registered: storage did not answer (data s3://{bucket}/mmit"
+    message = (
+        f"StorageUnavailable: training stopped, nothing registered: storage did not answer (data s3://{bucket}/mmit"
+    )
     assert message in logs, logs[-6000:]
     assert not mlflow_client.search_model_versions("name = 'stack-down'"), "no half-trained model is registered"
     assert _run_named(mlflow_client, "stack-down").info.status == "FAILED"

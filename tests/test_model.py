@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import pytest
 import torch
@@ -44,10 +42,8 @@ def test_initial_offsets_and_weights():
     module = TemporalInterlace(64, T)
     zero_init_interlace(module)
     z = torch.randn(3, 16, T)
-    expected_offset = 4 * (1 / (1 + math.exp(-0.5108)) - 0.5)
-    torch.testing.assert_close(module.offset_net(z), torch.full((3, 2), expected_offset))
+    torch.testing.assert_close(module.offset_net(z), torch.full((3, 2), 0.5), atol=1e-4, rtol=0)  # the authors' start
     torch.testing.assert_close(module.weight_net(z), torch.ones(3, T, 2))
-    assert abs(expected_offset - 0.5) < 1e-3
 
 
 def test_interlace_module_matches_authors_layout():
@@ -233,24 +229,3 @@ def test_metrics():
     assert top_k_accuracy(np.array([[0.1, 0.5, 0.4], [0.8, 0.1, 0.1]]), np.array([2, 0]), 1) == pytest.approx(0.5)
     single = classification_metrics(np.array([[0.1, 0.5, 0.4], [0.8, 0.1, 0.1]]), np.array([2, 0]))
     assert set(single) == {"map", "map_classes", "top1", "top5"} and single["top5"] == 1.0
-
-
-def test_job_config_file_and_flag_precedence(tmp_path):
-    """The shipped authors' config parses; flags win over it; unknown keys and bad values are refused."""
-    import argparse
-    from pathlib import Path
-
-    from pipeline.config import TrainConfig, add_config_arguments, config_from_args
-
-    parser = argparse.ArgumentParser()
-    add_config_arguments(parser, TrainConfig)
-    shipped = Path(__file__).resolve().parents[1] / "jobs" / "configs" / "mmit_tin_r50.yaml"
-    cfg = config_from_args(parser.parse_args(["--config", str(shipped), "--epochs", "3", "--no-reverse"]))
-    assert (cfg.backbone, cfg.num_segments, cfg.frame_size, cfg.dropout) == ("resnet50", 8, 224, 0.8)
-    assert cfg.epochs == 3 and cfg.reverse is False
-    bad = tmp_path / "bad.yaml"
-    bad.write_text("epochs: 2\nlearning_rate: 0.1\n")
-    with pytest.raises(ValueError, match="unknown keys \\['learning_rate'\\]"):
-        config_from_args(parser.parse_args(["--config", str(bad)]))
-    with pytest.raises(ValueError, match="--strategy must be ddp or deepspeed"):
-        config_from_args(parser.parse_args(["--strategy", "fsdp"]))

@@ -3,13 +3,7 @@ disk and from a real S3 endpoint (moto's server)."""
 
 from __future__ import annotations
 
-import os
 import shutil
-import subprocess
-import sys
-import threading
-import time
-import uuid
 from pathlib import Path
 
 import boto3
@@ -19,22 +13,18 @@ import ray
 import torch
 from conftest import local_ray, s3_env
 
-from pipeline import check
-from pipeline.annotations import read_mmit
-from pipeline.data import (
-    REASONS,
+from pipeline.data import check
+from pipeline.data.annotations import read_mmit
+from pipeline.data.dataset import (
     BadVideoCounter,
-    ClipDecoder,
     ClipSpec,
     clip_dataset,
-    cpu_quota,
-    idle_helper_fits,
     manifest_rows,
-    map_with_idle_helper,
+    reason_code,
     torch_batches,
 )
-from pipeline.synthetic import SyntheticSpec, generate_mmit
-from pipeline.transforms import IMAGENET_MEAN, IMAGENET_STD, ClipTransform, multi_scale_crop_box, normalize
+from pipeline.data.synthetic import SyntheticSpec, generate_mmit
+from pipeline.data.transforms import IMAGENET_MEAN, IMAGENET_STD, ClipTransform, multi_scale_crop_box, normalize
 
 SPEC = ClipSpec(num_segments=4, short_side=40, crop_size=32)
 
@@ -114,138 +104,6 @@ def test_check_command_reports_bad_root(tmp_path, capsys):
     assert "missing" in capsys.readouterr().err
 
 
-# --- decoding a batch with an idle-priority helper thread --------------------------------------------------------
-
-idle_priority = pytest.mark.skipif(not hasattr(os, "SCHED_IDLE"), reason="SCHED_IDLE is Linux-only")
-
-
-@idle_priority
-def test_idle_helper_takes_jobs_at_idle_priority_and_keeps_their_order():
-    ran = []
-
-    def job(i):
-        time.sleep(0.02)  # releases the GIL, as decoding does: the helper gets its turns
-        ran.append((i, threading.get_ident(), os.sched_getscheduler(0)))
-        return i * i
-
-    assert map_with_idle_helper(job, [(i,) for i in range(30)]) == [i * i for i in range(30)]
-    assert sorted(i for i, _, _ in ran) == list(range(30)), "every job runs exactly once"
-    policies = {ident: policy for _, ident, policy in ran}
-    caller = threading.get_ident()
-    assert len(policies) == 2 and policies[caller] == os.SCHED_OTHER
-    assert [policy for ident, policy in policies.items() if ident != caller] == [os.SCHED_IDLE]
-    assert os.sched_getscheduler(0) == os.SCHED_OTHER, "the caller's own priority is untouched"
-
-
-@idle_priority
-def test_idle_helper_stops_both_threads_at_the_first_error():
-    ran = []
-
-    def job(i):
-        time.sleep(0.02)
-        ran.append(i)
-        if i == 3:
-            raise ValueError("job 3 failed")
-
-    with pytest.raises(ValueError, match="job 3 failed"):
-        map_with_idle_helper(job, [(i,) for i in range(40)])
-    assert 3 in ran and len(ran) <= 6, f"the remaining jobs must be dropped, ran {ran}"
-
-
-def test_idle_helper_decodes_what_one_thread_decodes(real_clips_root):
-    """The real clips (the corrupt one, PyAV fallbacks, odd sizes) through a batch: the same clips, labels,
-    statuses and order with and without the helper."""
-    manifest = read_mmit(str(real_clips_root), "training")
-    rows = manifest_rows(manifest)
-    batch = {key: np.array([row[key] for row in rows], dtype=object) for key in ("index", "uri", "labels")}
-    alone, helped = (ClipDecoder(SPEC, 3, True, train=False, idle_helper=helper) for helper in (False, True))
-    if not helped.idle_helper:
-        pytest.skip("this machine runs no idle helper (a CPU quota below its CPUs, or no SCHED_IDLE)")
-    runs = [alone(batch), helped(batch)]
-    assert runs[0]["status"].tolist().count(REASONS.index("corrupt")) == 1
-    for key in ("clip", "labels", "index", "status"):
-        assert np.array_equal(runs[0][key], runs[1][key]), key
-
-
-def _cgroup_files(tmp_path: Path, proc_cgroup: str, files: dict[str, str]) -> tuple[Path, Path]:
-    for name, text in files.items():
-        (tmp_path / "cgroup" / name).parent.mkdir(parents=True, exist_ok=True)
-        (tmp_path / "cgroup" / name).write_text(text)
-    (tmp_path / "proc_cgroup").write_text(proc_cgroup)
-    return tmp_path / "cgroup", tmp_path / "proc_cgroup"
-
-
-@pytest.mark.parametrize(
-    ("proc_cgroup", "files", "expected"),
-    [
-        ("0::/kubepods/pod1/ctr\n", {"kubepods/pod1/ctr/cpu.max": "150000 100000\n"}, 1.5),  # v2, own cgroup
-        ("0::/user.slice\n", {"user.slice/cpu.max": "max 100000\n"}, None),  # v2, no limit
-        ("0::/docker/abc\n", {"cpu.max": "200000 100000\n"}, 2.0),  # v2, a container seeing its cgroup as root
-        (
-            "4:memory:/x\n3:cpu,cpuacct:/docker/abc\n0::/\n",  # v1 with the unified line beside it
-            {
-                "cpu,cpuacct/docker/abc/cpu.cfs_quota_us": "50000\n",
-                "cpu,cpuacct/docker/abc/cpu.cfs_period_us": "100000\n",
-            },
-            0.5,
-        ),
-        ("1:cpu:/\n0::/\n", {"cpu/cpu.cfs_quota_us": "-1\n", "cpu/cpu.cfs_period_us": "100000\n"}, None),  # v1 none
-        ("1:cpu:/\n", {}, None),  # no cpu controller files at all
-    ],
-)
-def test_cpu_quota_reads_the_process_cgroup(tmp_path, proc_cgroup, files, expected):
-    root, proc = _cgroup_files(tmp_path, proc_cgroup, files)
-    assert cpu_quota(root, proc) == expected
-
-
-@idle_priority
-@pytest.mark.parametrize(("quota", "cpus", "fits"), [(None, 8, True), (8.0, 8, True), (2.0, 8, False), (0.5, 1, False)])
-def test_idle_helper_only_where_no_cpu_quota_binds(monkeypatch, quota, cpus, fits):
-    """A quota below the CPUs the process may run on is one budget for the whole container: a helper would spend it."""
-    import pipeline.data as data
-
-    monkeypatch.setattr(data, "cpu_quota", lambda: quota)
-    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(cpus)))
-    idle_helper_fits.cache_clear()
-    try:
-        assert idle_helper_fits() is fits
-        assert ClipDecoder(SPEC, 3, True, train=False).idle_helper is fits
-    finally:
-        idle_helper_fits.cache_clear()
-
-
-def _writable_cpu_cgroup() -> Path | None:
-    """A cgroup folder with a CPU quota file this test may create children in (root on cgroup v1 or v2), or None."""
-    for parent, quota_file in ((Path("/sys/fs/cgroup/cpu"), "cpu.cfs_quota_us"), (Path("/sys/fs/cgroup"), "cpu.max")):
-        if (parent / quota_file).exists() and os.access(parent, os.W_OK):
-            return parent
-    return None
-
-
-@idle_priority
-@pytest.mark.skipif(_writable_cpu_cgroup() is None, reason="needs a writable cgroup with the cpu controller (root)")
-def test_decoders_under_a_real_cpu_limit_run_no_helper():
-    """A child process moved into a real cgroup limited to half a CPU sees the quota and decodes without the helper."""
-    parent = _writable_cpu_cgroup()
-    group = parent / f"tin-test-{uuid.uuid4().hex[:8]}"
-    group.mkdir()
-    try:
-        if (group / "cpu.max").exists():
-            (group / "cpu.max").write_text("50000 100000")
-        else:
-            (group / "cpu.cfs_quota_us").write_text("50000")
-        code = (
-            "from pipeline.data import ClipDecoder, ClipSpec, cpu_quota\n"
-            "print(cpu_quota(), ClipDecoder(ClipSpec(4, 40, 32), 3, True, train=False).idle_helper)"
-        )
-        script = f'echo $$ > {group / "cgroup.procs"} && exec "$0" -c "$1"'
-        out = subprocess.run(["sh", "-c", script, sys.executable, code], capture_output=True, text=True, timeout=120)
-        assert out.returncode == 0, out.stderr
-        assert out.stdout.split() == ["0.5", "False"]
-    finally:
-        group.rmdir()
-
-
 # --- Ray Data ------------------------------------------------------------------------------------------------------
 
 
@@ -283,7 +141,13 @@ def test_ray_pipeline_real_clips_skips_and_counts_bad(ray_cluster, real_clips_ro
     for i, record in enumerate(manifest.records):
         expected[i, list(record.labels)] = 1
     assert np.array_equal(labels.numpy(), expected)
-    assert REASONS[0] == "ok"
+
+
+def test_bad_video_counter_masks_and_counts_by_reason():
+    counter = BadVideoCounter()
+    status = torch.tensor([0, reason_code("corrupt"), 0, reason_code("no such reason")], dtype=torch.int8)
+    assert counter.update(status).tolist() == [True, False, True, False]
+    assert counter.seen == 4 and counter.bad == {"corrupt": 1, "other": 1}
 
 
 def test_raw_rows_are_uint8_clips(ray_cluster, real_clips_root):

@@ -4,7 +4,6 @@ counting videos as bad."""
 from __future__ import annotations
 
 import pickle
-import socket
 import threading
 import time
 
@@ -12,18 +11,17 @@ import boto3
 import numpy as np
 import pytest
 import s3fs
+from conftest import free_port
 from moto.server import ThreadedMotoServer
 
-from pipeline import storage
-from pipeline.data import ClipDecoder, ClipSpec
-from pipeline.synthetic import SyntheticSpec, generate_mmit
+from pipeline.data import storage
+from pipeline.data.dataset import ClipDecoder, ClipSpec
+from pipeline.data.synthetic import SyntheticSpec, generate_mmit
 
 
 @pytest.fixture
 def s3_clip(tmp_path, monkeypatch):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
     server.start()
     endpoint = f"http://127.0.0.1:{port}"
@@ -68,7 +66,7 @@ def test_lasting_outage_stops_with_a_clear_error(s3_clip, monkeypatch):
 
 
 def test_lasting_outage_stops_a_batch_at_once(s3_clip, monkeypatch):
-    """Through a whole batch, as a decode task runs it (with its idle-priority helper): the first outage error ends
+    """Through a whole batch, as a decode task runs it: the first outage error ends
     the batch; the other videos are not each retried for RETRY_SECONDS in turn."""
     server, _, uri = s3_clip
     monkeypatch.setattr(storage, "RETRY_SECONDS", 3.0)
@@ -107,7 +105,7 @@ def test_checkpoint_filesystem_keeps_retrying_after_pickling(s3_clip):
 def test_a_run_failed_by_storage_names_it():
     from ray.train import ControllerError, WorkerGroupError
 
-    from pipeline.train_job import storage_failure
+    from pipeline.train.results import storage_failure
 
     upload = OSError("When initiating multiple part upload for key 'runs/a/epoch-0001/model.pt' in bucket 'b': AWS "
                      "Error NETWORK_CONNECTION during CreateMultipartUpload operation: curlCode: 7")  # fmt: skip

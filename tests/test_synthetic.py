@@ -10,8 +10,8 @@ import decord
 import numpy as np
 import pytest
 
-from pipeline import synthetic
-from pipeline.synthetic import SyntheticSpec, class_names, generate_mmit, temporal_class_pairs
+from pipeline.data import synthetic
+from pipeline.data.synthetic import SyntheticSpec, class_names, generate_mmit, temporal_class_pairs
 
 SMALL = SyntheticSpec(num_train=24, num_val=12, frames=16, seed=3)
 

@@ -12,10 +12,10 @@ import pytest
 from conftest import local_ray
 from mlflow.tracking import MlflowClient
 
-from pipeline.config import TrainConfig
-from pipeline.synthetic import SyntheticSpec, generate_mmit
-from pipeline.tracking import start_run
-from pipeline.tune_job import SweepConfig, _child_runs, run_sweep
+from pipeline.data.synthetic import SyntheticSpec, generate_mmit
+from pipeline.registry.tracking import start_run
+from pipeline.train.config import JobConfig
+from pipeline.train.tune import SweepConfig, SweepJobConfig, _child_runs, run_sweep
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -28,16 +28,16 @@ def cluster(tmp_path_factory):
 
 def test_sweep_with_a_failing_trial(cluster, tmp_path):
     root = generate_mmit(tmp_path / "mmit", SyntheticSpec(num_train=16, num_val=8, frames=12, size=32))
-    base = TrainConfig(
-        data=str(root), num_segments=4, frame_size=32, epochs=2, batch_size=4, num_workers=1, decoders=1,
+    base = JobConfig().override(
+        root=str(root), num_segments=4, frame_size=32, epochs=2, batch_size=4, num_workers=1, decoders=1,
         storage=str(tmp_path / "runs"), mlflow_uri=f"sqlite:///{tmp_path}/mlflow.db", experiment="sweeps",
         register_as="swept", warmup_epochs=0.5,
     )  # fmt: skip
     # groups=3 with reverse offsets makes 6 groups, which do not divide ResNet-18's 16 interlaced channels: that
     # trial fails in its own process, the others go on.
-    sweep = SweepConfig(num_samples=1, grid=True, groups_choices=(1, 2, 3), reverse_choices=("true",),
+    sweep = SweepConfig(num_samples=1, grid=True, groups_choices=(1, 2, 3), reverse_choices=(True,),
                         shift_div_choices=(4,), sweep_name="sweep-test", max_concurrent_trials=2)  # fmt: skip
-    outcome = run_sweep(base, sweep)
+    outcome = run_sweep(SweepJobConfig(**vars(base), sweep=sweep))
 
     assert len(outcome.rows) == 3
     by_groups = {row.config["groups"]: row for row in outcome.rows}
@@ -51,7 +51,7 @@ def test_sweep_with_a_failing_trial(cluster, tmp_path):
     best = max((r for r in outcome.rows if r.status != "ERROR"), key=lambda r: r.best_val_map)
     assert outcome.best_trial == best.trial_id
 
-    client = MlflowClient(base.mlflow_uri)
+    client = MlflowClient(base.tracking.mlflow_uri)
     parent = client.get_run(outcome.parent_run_id)
     assert parent.info.status == "FINISHED" and parent.data.tags["best_trial"] == best.trial_id
     assert "sweep_summary.txt" in {a.path for a in client.list_artifacts(outcome.parent_run_id)}

@@ -9,9 +9,9 @@ import av
 import numpy as np
 import pytest
 
-from pipeline import video
-from pipeline.sampling import segment_indices
-from pipeline.video import DecodeError, VideoInfo, decode_clip, probe
+from pipeline.data import video
+from pipeline.data.sampling import segment_indices
+from pipeline.data.video import DecodeError, VideoInfo, decode_clip, probe
 
 CORRUPT = "decord__corrupted.mp4"
 # Frames PyAV decodes, from shared/videos/MANIFEST.md (checked against the file in a test below).

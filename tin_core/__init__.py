@@ -5,7 +5,15 @@ No Ray, MLflow or distributed code lives here; `pipeline/` wraps these pieces fo
 
 from tin_core.flops import complexity, complexity_report
 from tin_core.metrics import ap_per_class, classification_metrics, map_over_classes, map_over_videos, top_k_accuracy
-from tin_core.model import ARCHS, BACKBONES, VideoClassifier, build_model, interlace_trace, load_state_dict
+from tin_core.model import (
+    ARCHS,
+    BACKBONES,
+    ModelConfig,
+    VideoClassifier,
+    build_model,
+    interlace_trace,
+    load_state_dict,
+)
 from tin_core.modules import OffsetNet, TemporalInterlace, TemporalShift, WeightNet
 from tin_core.ops import interlace_backends, temporal_interlace, temporal_interlace_reference, temporal_shift
 from tin_core.optim import optim_param_groups
@@ -13,6 +21,7 @@ from tin_core.optim import optim_param_groups
 __all__ = [
     "ARCHS",
     "BACKBONES",
+    "ModelConfig",
     "OffsetNet",
     "TemporalInterlace",
     "TemporalShift",

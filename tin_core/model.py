@@ -7,7 +7,10 @@ the mean over frames (TSN's average consensus), as in the authors' code.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torchvision
@@ -139,6 +142,51 @@ def build_model(
             net, lambda channels: TemporalInterlace(channels, num_segments, shift_div, groups, reverse, offset_range)
         )
     return VideoClassifier(net, num_classes, num_segments, dropout, partial_bn)
+
+
+@dataclass
+class ModelConfig:
+    """Everything that fixes a classifier's architecture and initialisation: the training job's model section, the
+    registered model's saved config and the benchmarks' models are all built from one of these."""
+
+    arch: Literal["tin", "tsm", "tsn"] = "tin"
+    """tin (temporal interlace), tsm (temporal shift) or tsn (no temporal module)"""
+    backbone: Literal["resnet18", "resnet34", "resnet50", "resnet101"] = "resnet18"
+    """torchvision ResNet"""
+    num_segments: int = 4
+    """frames per clip (TSN segments; the authors use 8 or 16)"""
+    pretrained: str = ""
+    """torchvision-format ResNet state dict (local path or URI); empty: random init"""
+    dropout: float = 0.5
+    """dropout before the classifier"""
+    shift_div: int = 0
+    """1/shift_div of the channels move in time; 0: the arch's default (TIN 4, TSM 8)"""
+    groups: int = 2
+    """TIN: learned offset groups (the authors use 2)"""
+    reverse: bool = True
+    """TIN: add reversed-offset groups (the authors do)"""
+    offset_range: Literal["code", "paper"] = "code"
+    """TIN: offsets in (-2, 2) as the authors' code, or (-T/2, T/2) as the paper's Eq. 3"""
+    partial_bn: bool = False
+    """freeze all BatchNorms but the first (for ImageNet-pretrained backbones)"""
+
+    def build(self, num_classes: int) -> VideoClassifier:
+        return build_model(
+            self.arch,
+            num_classes,
+            num_segments=self.num_segments,
+            backbone=self.backbone,
+            pretrained=self.pretrained or None,
+            dropout=self.dropout,
+            shift_div=self.shift_div or None,
+            partial_bn=self.partial_bn,
+            groups=self.groups,
+            reverse=self.reverse,
+            offset_range=self.offset_range,
+        )
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
 
 
 @torch.no_grad()

@@ -1,6 +1,8 @@
 """Top-k labels for videos (local paths or URIs) from a registered model.
 
     python jobs/predict.py --model models:/tin-mmit@champion --top-k 5 video.mp4 s3://bucket/clip.mp4
+
+Clips are decoded as validation saw them: segment centres, the short side scaled, a centre crop.
 """
 
 from __future__ import annotations
@@ -8,9 +10,9 @@ from __future__ import annotations
 import mlflow.pyfunc
 import numpy as np
 
-from pipeline.sampling import segment_indices
-from pipeline.transforms import ClipTransform
-from pipeline.video import decode_clip
+from pipeline.data.sampling import segment_indices
+from pipeline.data.transforms import ClipTransform
+from pipeline.data.video import decode_clip
 
 
 def load(model_uri: str):
@@ -21,7 +23,9 @@ def load(model_uri: str):
 
 def clip_for(uri: str, config: dict) -> np.ndarray:
     """A video as the model saw validation clips: segment centres, short side scaled, centre crop."""
-    frames, _ = decode_clip(uri, lambda n: segment_indices(n, config["num_segments"], "val"), config["short_side"])
+    frames, _ = decode_clip(
+        uri, lambda n: segment_indices(n, config["model"]["num_segments"], "val"), config["short_side"]
+    )
     return ClipTransform(config["frame_size"])(frames)
 
 

@@ -22,40 +22,26 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from pipeline.config import TrainConfig
-from pipeline.data import BadVideoCounter, ClipSpec, clip_dataset, torch_batches
-from pipeline.parallel import make_engine
-from tin_core import ap_per_class, build_model, classification_metrics
+from pipeline.data.dataset import BadVideoCounter, ClipSpec, clip_dataset, torch_batches
+from pipeline.train.config import JobConfig
+from pipeline.train.engine import make_engine
+from tin_core import ap_per_class, classification_metrics
 
 META_FILE = "meta.json"
 
 
-def clip_spec(cfg: TrainConfig) -> ClipSpec:
-    return ClipSpec(cfg.num_segments, cfg.short_side, cfg.frame_size, cfg.flip)
+def clip_spec(cfg: JobConfig) -> ClipSpec:
+    return ClipSpec(cfg.model.num_segments, cfg.data.short_side, cfg.data.frame_size, cfg.data.flip)
 
 
-def model_from_config(cfg: TrainConfig, num_classes: int):
-    return build_model(
-        cfg.arch,
-        num_classes,
-        num_segments=cfg.num_segments,
-        backbone=cfg.backbone,
-        pretrained=cfg.pretrained or None,
-        dropout=cfg.dropout,
-        shift_div=cfg.shift_div or None,
-        partial_bn=cfg.partial_bn,
-        groups=cfg.groups,
-        reverse=cfg.reverse,
-    )
-
-
-def lr_factor(cfg: TrainConfig, epoch: float) -> float:
+def lr_factor(cfg: JobConfig, epoch: float) -> float:
     """Linear warmup, then cosine decay to 0 (or /10 at each of lr_steps), as a multiple of the base lr."""
-    if epoch < cfg.warmup_epochs:
-        return (epoch + 1e-3) / cfg.warmup_epochs
-    if cfg.lr_schedule == "step":
-        return 0.1 ** sum(epoch >= step for step in cfg.lr_steps)
-    progress = (epoch - cfg.warmup_epochs) / max(cfg.epochs - cfg.warmup_epochs, 1e-8)
+    o = cfg.optim
+    if epoch < o.warmup_epochs:
+        return (epoch + 1e-3) / o.warmup_epochs
+    if o.lr_schedule == "step":
+        return 0.1 ** sum(epoch >= step for step in o.lr_steps)
+    progress = (epoch - o.warmup_epochs) / max(o.epochs - o.warmup_epochs, 1e-8)
     return 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
 
 
@@ -73,14 +59,15 @@ def all_gather(obj):
     return out
 
 
-def train_one_epoch(engine, shard, cfg: TrainConfig, epoch: int, steps_per_epoch: int, device) -> dict:
+def train_one_epoch(engine, shard, cfg: JobConfig, epoch: int, steps_per_epoch: int, device) -> dict:
     """One pass over this worker's shard. Bad clips stay in the batch with zero loss weight, so every rank takes the
     same number of steps (DDP and ZeRO synchronise on each)."""
     engine.model.train()
     counter = BadVideoCounter()
     loss_sum, clips, steps, waited = 0.0, 0, 0, 0.0
     start = last = time.perf_counter()
-    for batch, labels, _, good in torch_batches(shard, cfg.batch_size, device, counter, 4 * cfg.batch_size):
+    batch_size = cfg.optim.batch_size
+    for batch, labels, _, good in torch_batches(shard, batch_size, device, counter, 4 * batch_size):
         waited += time.perf_counter() - last
         engine.set_lr(lr_factor(cfg, epoch + min(steps / steps_per_epoch, 1.0)))
         weights = good.float()
@@ -99,26 +86,26 @@ def train_one_epoch(engine, shard, cfg: TrainConfig, epoch: int, steps_per_epoch
 VAL_CACHE_BYTES = 512 * 2**20
 
 
-def validation_dataset(val_rows: list[dict], cfg: TrainConfig, data: dict, rank: int, world: int):
+def validation_dataset(val_rows: list[dict], cfg: JobConfig, data: dict, rank: int, world: int):
     """This rank's disjoint slice of the validation set (rows rank, rank + world, ...), or None if it is empty."""
     mine = val_rows[rank::world]
     if not mine:
         return None
     ds = clip_dataset(mine, clip_spec(cfg), data["num_classes"], data["multi_label"], train=False,
                       decoders=1, cpus_per_decoder=data["cpus_per_decoder"], batch_size=8)  # fmt: skip
-    clip_bytes = cfg.num_segments * cfg.frame_size**2 * 3
+    clip_bytes = cfg.model.num_segments * cfg.data.frame_size**2 * 3
     return ds.materialize() if len(mine) * clip_bytes <= VAL_CACHE_BYTES else ds
 
 
 @torch.no_grad()
-def evaluate(module, val_ds, num_val: int, cfg: TrainConfig, num_classes: int, device) -> dict:
+def evaluate(module, val_ds, num_val: int, cfg: JobConfig, num_classes: int, device) -> dict:
     """Scores for every validation video. Each rank scores its slice; the gathered predictions are checked to hold
     each of the `num_val` videos exactly once (bad ones counted, not scored)."""
     module.eval()
     indices, scores, targets = [], [], []
     counter = BadVideoCounter()
     if val_ds is not None:
-        for batch, labels, index, good in torch_batches(val_ds, cfg.batch_size, device, counter):
+        for batch, labels, index, good in torch_batches(val_ds, cfg.optim.batch_size, device, counter):
             if not bool(good.any()):
                 continue
             logits = module(batch[good])
@@ -161,24 +148,24 @@ def _restore(engine, checkpoint) -> int:
 
 
 def train_loop_per_worker(config: dict) -> None:
-    cfg = TrainConfig(**config["train"])
+    cfg: JobConfig = config["job"]
     data = config["data"]
     ray.data.DataContext.get_current().enable_progress_bars = False  # worker logs stay readable
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
     device = ray.train.torch.get_device()
-    if cfg.threads_per_worker > 0 and device.type == "cpu":
-        torch.set_num_threads(cfg.threads_per_worker)
-    torch.manual_seed(cfg.seed)  # the same initial weights on every rank
-    model = model_from_config(cfg, data["num_classes"])
-    engine = make_engine(model, cfg, device, fc_lr5=bool(cfg.pretrained))
+    if cfg.dist.threads_per_worker > 0 and device.type == "cpu":
+        torch.set_num_threads(cfg.dist.threads_per_worker)
+    torch.manual_seed(cfg.optim.seed)  # the same initial weights on every rank
+    model = cfg.model.build(data["num_classes"])
+    engine = make_engine(model, cfg, device, fc_lr5=bool(cfg.model.pretrained))
     tracker = config.get("tracker") if rank == 0 else None
 
     checkpoint = ray.train.get_checkpoint()
     start_epoch = _restore(engine, checkpoint) if checkpoint else 0
     shard = ray.train.get_dataset_shard("train")
     val_ds = validation_dataset(data["val_rows"], cfg, data, rank, world)
-    for epoch in range(start_epoch, cfg.epochs):
+    for epoch in range(start_epoch, cfg.optim.epochs):
         started = time.perf_counter()
         train = all_gather(train_one_epoch(engine, shard, cfg, epoch, data["steps_per_epoch"], device))
         trained = time.perf_counter()
@@ -193,14 +180,14 @@ def train_loop_per_worker(config: dict) -> None:
             **val["metrics"],
             "clips_per_s": clips / max(max(t["elapsed"] for t in train), 1e-9),
             "data_wait_fraction": float(np.mean([t["waited"] / max(t["elapsed"], 1e-9) for t in train])),
-            "lr": cfg.lr * lr_factor(cfg, epoch + 1 - 1e-9),
+            "lr": cfg.optim.lr * lr_factor(cfg, epoch + 1 - 1e-9),
             "bad_videos": sum(bad.values()),
             "bad_video_fraction": sum(bad.values()) / max(seen, 1),
             "resumed_from_epoch": start_epoch - 1,  # -1: this worker group started from scratch
             "train_seconds": trained - started,
             "val_seconds": validated - trained,
         }
-        too_many_bad = metrics["bad_video_fraction"] > cfg.max_bad_fraction
+        too_many_bad = metrics["bad_video_fraction"] > cfg.data.max_bad_fraction
         if tracker is not None:
             tracker.log_epoch(metrics, epoch)
             if bad:

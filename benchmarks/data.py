@@ -1,18 +1,14 @@
 """Benchmark of the data pipeline, as ratios measured in one run:
 
-    python -m pipeline.bench                  # real clips from ../shared/videos if present, else generated ones
-    python -m pipeline.bench --clips 60 --no-s3
+    python -m benchmarks.data                  # real clips from ../shared/videos if present, else generated ones
+    python -m benchmarks.data --clips 60 --no-s3
 
 clips/s of the Ray Data pipeline (decode only the sampled frames, transform, stream uint8 clips) against
 (a) the decode limit: a tight loop of decord decoding the same sampled frames in 2 processes, and
 (b) a torch DataLoader(num_workers=2) running the same decode and transforms,
-from local disk and from S3 (a moto server on 127.0.0.1). Targets: >= 0.9x of (a), >= 1.0x of (b).
-Each figure is the second of two passes (the first warms processes and caches alike for all three); the three are
-measured in interleaved rounds (3 by default) and the ratios reported per round and as medians, as this machine's
-speed drifts by 10% within minutes. A pass holds 256 clips by default (~15 s). Both baselines decode with the
-pipeline's decord settings (one decoding thread per process); the pipeline's decode tasks add an idle-priority
-helper thread (pipeline.data.ClipDecoder) that uses the CPU Ray Data leaves idle between tasks; the baselines have
-no such gaps to fill.
+from local disk and from S3 (a moto server on 127.0.0.1, in its own process). Targets: >= 0.9x of (a), >= 1.0x of (b).
+Each figure is the second of two passes (the first warms processes and caches alike for all three), measured in
+interleaved rounds so that a slow spell of a shared machine hits each alike; ratios are per round and as medians.
 """
 
 from __future__ import annotations
@@ -30,9 +26,10 @@ import time
 from multiprocessing import get_context
 from pathlib import Path
 
-from pipeline import storage, video
-from pipeline.data import ClipDecoder, ClipSpec, clip_dataset
-from pipeline.sampling import segment_indices
+from benchmarks.results import record
+from pipeline.data import storage, video
+from pipeline.data.dataset import ClipDecoder, ClipSpec, clip_dataset
+from pipeline.data.sampling import segment_indices
 
 SPEC = ClipSpec(num_segments=8, short_side=128, crop_size=112)
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "videos"
@@ -45,7 +42,7 @@ REAL_CLIPS = ["mmaction2__demo_demo.mp4", "mmaction2__tests_data_test.mp4", "mma
 def source_clips(workdir: Path) -> list[Path]:
     if all((SHARED / name).is_file() for name in REAL_CLIPS):
         return [SHARED / name for name in REAL_CLIPS]
-    from pipeline.synthetic import SyntheticSpec, generate_mmit
+    from pipeline.data.synthetic import SyntheticSpec, generate_mmit
 
     root = generate_mmit(workdir / "synthetic", SyntheticSpec(num_train=16, num_val=8, frames=72, size=256))
     return sorted((root / "videos").rglob("*.mp4"))
@@ -106,7 +103,7 @@ def ray_pipeline(uris: list[str]) -> float:
     return count / (time.perf_counter() - start)
 
 
-def measure(label: str, uris: list[str], rounds: int) -> None:
+def measure(label: str, uris: list[str], rounds: int) -> str:
     """Rounds of all three, interleaved, so that a slow spell of a shared machine hits each alike; the ratios are
     per round, then their medians."""
     ratios = []
@@ -117,8 +114,10 @@ def measure(label: str, uris: list[str], rounds: int) -> None:
               f"{ours / limit:.2f}x | (b) DataLoader(num_workers=2) {loader:.1f} clips/s -> {ours / loader:.2f}x",
               flush=True)  # fmt: skip
     to_limit, to_loader = (statistics.median(column) for column in zip(*ratios, strict=True))
-    print(f"{label}, median of {rounds}: (a) {to_limit:.2f}x of the decode limit [target >= 0.9] | "
-          f"(b) {to_loader:.2f}x of DataLoader(num_workers=2) [target >= 1.0]", flush=True)  # fmt: skip
+    line = (f"{label}, median of {rounds}: (a) {to_limit:.2f}x of the decode limit [target >= 0.9] | "
+            f"(b) {to_loader:.2f}x of DataLoader(num_workers=2) [target >= 1.0]")  # fmt: skip
+    print(line, flush=True)
+    return line
 
 
 def main() -> None:
@@ -145,10 +144,11 @@ def main() -> None:
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a private loopback cluster for the benchmark
         ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
         ray.data.DataContext.get_current().enable_progress_bars = False
-        measure("local disk", local, args.rounds)
+        lines = [f"{len(local)} {kind} clips per pass, {args.rounds} rounds", measure("local disk", local, args.rounds)]
         if not args.no_s3:
-            measure("S3 (moto)", _upload_to_moto(local), args.rounds)
+            lines.append(measure("S3 (moto)", _upload_to_moto(local), args.rounds))
         ray.shutdown()
+    record("Data pipeline (Ray Data vs decode limit and DataLoader)", "\n".join(f"- {line}" for line in lines))
 
 
 def _upload_to_moto(paths: list[str]) -> list[str]:

@@ -10,6 +10,7 @@ MLFLOW_ALLOW_PICKLE_DESERIALIZATION=false.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import warnings
 
@@ -17,45 +18,33 @@ import mlflow.pyfunc
 import numpy as np
 import torch
 
-from pipeline.transforms import ClipTransform, normalize
-from tin_core import build_model
+from pipeline.data.transforms import ClipTransform, normalize
+from tin_core import ModelConfig
 
 WEIGHTS = "weights"
 MODEL_CONFIG = "model_config"
 
 
-def model_config(cfg, num_classes: int, class_names: list[str], multi_label: bool) -> dict:
+def model_config(
+    model: ModelConfig, num_classes: int, frame_size: int, short_side: int, class_names: list[str], multi_label: bool
+) -> dict:
     """What the pyfunc needs to rebuild the network and prepare its input (saved as a JSON artifact)."""
     return {
-        "arch": cfg.arch,
-        "backbone": cfg.backbone,
+        "model": dataclasses.replace(model, pretrained="").to_dict(),  # the weights are the model's own
         "num_classes": num_classes,
-        "num_segments": cfg.num_segments,
-        "frame_size": cfg.frame_size,
-        "short_side": cfg.short_side,
-        "shift_div": cfg.shift_div or None,
-        "groups": cfg.groups,
-        "reverse": cfg.reverse,
+        "frame_size": frame_size,
+        "short_side": short_side,
         "class_names": class_names,
         "multi_label": multi_label,
     }
 
 
 def build_from_model_config(config: dict) -> torch.nn.Module:
-    return build_model(
-        config["arch"],
-        config["num_classes"],
-        num_segments=config["num_segments"],
-        backbone=config["backbone"],
-        dropout=0.0,
-        shift_div=config["shift_div"],
-        groups=config["groups"],
-        reverse=config["reverse"],
-    )
+    return ModelConfig(**config["model"]).build(config["num_classes"])
 
 
 # MLflow suggests type hints on predict() for its own validation; the model's tensor signature already does that.
-warnings.filterwarnings("ignore", message="Add type hints to the `predict` method")
+warnings.filterwarnings("ignore", message=".*Add type hints to the `predict` method")
 
 
 class ClipClassifier(mlflow.pyfunc.PythonModel):

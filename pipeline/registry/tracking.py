@@ -8,6 +8,7 @@ tracking URI with a password in it is logged without it.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -21,7 +22,7 @@ import mlflow
 from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 
-from pipeline.config import DEFAULT_CACHE
+from pipeline.data.storage import DEFAULT_CACHE
 
 logger = logging.getLogger(__name__)
 
@@ -116,6 +117,20 @@ def finish_run(tracker: Tracker, status: str = "FINISHED") -> None:
     tracker.client.set_terminated(tracker.run_id, status=status)
 
 
+@contextlib.contextmanager
+def finishing(tracker: Tracker, tag_error: bool = False):
+    """End the run FINISHED when the block completes; on any error end it FAILED (tagged with the error if
+    `tag_error`) and re-raise."""
+    try:
+        yield tracker
+    except BaseException as error:
+        if tag_error:
+            tracker.set_tag("error", f"{type(error).__name__}: {error}"[:5000])
+        finish_run(tracker, "FAILED")
+        raise
+    finish_run(tracker)
+
+
 def log_and_register_model(
     tracker: Tracker,
     weights_path: Path,
@@ -130,22 +145,22 @@ def log_and_register_model(
     from mlflow.models import ModelSignature
     from mlflow.types import Schema, TensorSpec
 
-    from pipeline.serving import MODEL_CONFIG, WEIGHTS
+    from pipeline.registry.serving import MODEL_CONFIG, WEIGHTS
 
-    repo = Path(__file__).resolve().parents[1]
+    repo = Path(__file__).resolve().parents[2]
     mlflow.set_tracking_uri(tracker.uri)
     with tempfile.TemporaryDirectory() as tmp:
         config_path = Path(tmp) / "model_config.json"
         config_path.write_text(json.dumps(model_config))
         # Any frame size is accepted (the model crops to its own); the clip length is the model's.
         signature = ModelSignature(
-            inputs=Schema([TensorSpec(np.dtype(np.uint8), (-1, model_config["num_segments"], -1, -1, 3))]),
+            inputs=Schema([TensorSpec(np.dtype(np.uint8), (-1, model_config["model"]["num_segments"], -1, -1, 3))]),
             outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, model_config["num_classes"]))]),
         )
         with mlflow.start_run(run_id=tracker.run_id):
             info = mlflow.pyfunc.log_model(
                 name="model",
-                python_model=str(repo / "pipeline" / "pyfunc_model.py"),
+                python_model=str(repo / "pipeline" / "registry" / "pyfunc_model.py"),
                 artifacts={WEIGHTS: str(weights_path), MODEL_CONFIG: str(config_path)},
                 code_paths=[str(repo / "tin_core"), str(repo / "pipeline")],
                 signature=signature,

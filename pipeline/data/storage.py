@@ -9,10 +9,14 @@ from __future__ import annotations
 
 import os
 import posixpath
+from pathlib import Path
 
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
 from pyarrow import fs as pafs
+
+# Where generated data, the local MLflow store and checkpoints go unless configured otherwise.
+DEFAULT_CACHE = Path(os.environ.get("TIN_CACHE_DIR", Path.home() / ".cache" / "tin"))
 
 
 def is_remote(uri: str) -> bool:
@@ -110,8 +114,8 @@ class RetryingS3FileSystem(pafs.S3FileSystem):
 
 
 def attempts_for(seconds: float) -> int:
-    """AWS standard retries wait uniform(0, min(2**n, 20)) s before retry n (measured here: 10 attempts give up on a
-    refused connection after 54-83 s): the attempts whose expected total wait covers `seconds`."""
+    """The attempts whose expected total wait covers `seconds`: AWS standard retries wait uniform(0, min(2**n, 20)) s
+    before retry n."""
     waited, retries = 0.0, 0
     while waited < seconds:
         waited += min(2**retries, 20) / 2

@@ -3,6 +3,6 @@ of unpickling a Python object."""
 
 import mlflow.models
 
-from pipeline.serving import ClipClassifier
+from pipeline.registry.serving import ClipClassifier
 
 mlflow.models.set_model(ClipClassifier())

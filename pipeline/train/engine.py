@@ -20,7 +20,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from pipeline.config import TrainConfig
+from pipeline.train.config import JobConfig
 from tin_core import optim_param_groups
 
 MODEL_FILE = "model.pt"
@@ -31,9 +31,10 @@ def _rank() -> int:
     return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
 
 
-def _sgd(model: nn.Module, cfg: TrainConfig, fc_lr5: bool) -> torch.optim.SGD:
-    groups = optim_param_groups(model, cfg.lr, cfg.weight_decay, fc_lr5=fc_lr5)
-    return torch.optim.SGD(groups, lr=cfg.lr, momentum=0.9, weight_decay=cfg.weight_decay)
+def _sgd(model: nn.Module, cfg: JobConfig, fc_lr5: bool) -> torch.optim.SGD:
+    o = cfg.optim
+    groups = optim_param_groups(model, o.lr, o.weight_decay, fc_lr5=fc_lr5)
+    return torch.optim.SGD(groups, lr=o.lr, momentum=0.9, weight_decay=o.weight_decay)
 
 
 def _set_lr(optimizer: torch.optim.Optimizer, base_lr: float, factor: float) -> None:
@@ -44,7 +45,7 @@ def _set_lr(optimizer: torch.optim.Optimizer, base_lr: float, factor: float) -> 
 class DDPEngine:
     """torch DistributedDataParallel (through Ray Train's prepare_model: gloo on CPU, nccl on GPU)."""
 
-    def __init__(self, model: nn.Module, cfg: TrainConfig, device: torch.device, fc_lr5: bool) -> None:
+    def __init__(self, model: nn.Module, cfg: JobConfig, device: torch.device, fc_lr5: bool) -> None:
         import ray.train.torch
 
         self.module = model.to(device)
@@ -55,12 +56,12 @@ class DDPEngine:
     def step(self, loss: torch.Tensor) -> None:
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        if self.cfg.clip_grad > 0:
-            nn.utils.clip_grad_norm_(self.module.parameters(), self.cfg.clip_grad)
+        if self.cfg.optim.clip_grad > 0:
+            nn.utils.clip_grad_norm_(self.module.parameters(), self.cfg.optim.clip_grad)
         self.optimizer.step()
 
     def set_lr(self, factor: float) -> None:
-        _set_lr(self.optimizer, self.cfg.lr, factor)
+        _set_lr(self.optimizer, self.cfg.optim.lr, factor)
 
     def save(self, directory: Path) -> None:
         if _rank() == 0:
@@ -79,15 +80,15 @@ class DeepSpeedEngine:
 
     TAG = "deepspeed"
 
-    def __init__(self, model: nn.Module, cfg: TrainConfig, device: torch.device, fc_lr5: bool) -> None:
+    def __init__(self, model: nn.Module, cfg: JobConfig, device: torch.device, fc_lr5: bool) -> None:
         import deepspeed
 
         self.cfg = cfg
         ds_config = {
-            "train_micro_batch_size_per_gpu": cfg.batch_size,
+            "train_micro_batch_size_per_gpu": cfg.optim.batch_size,
             "gradient_accumulation_steps": 1,
-            "gradient_clipping": cfg.clip_grad if cfg.clip_grad > 0 else 0.0,
-            "zero_optimization": {"stage": cfg.zero_stage},
+            "gradient_clipping": max(cfg.optim.clip_grad, 0.0),
+            "zero_optimization": {"stage": cfg.dist.zero_stage},
             "bf16": {"enabled": device.type == "cuda"},
             "zero_allow_untested_optimizer": True,  # a plain torch SGD: DeepSpeed's own optimizers need compiling
             "steps_per_print": 10**9,
@@ -105,7 +106,7 @@ class DeepSpeedEngine:
         self.model.step()
 
     def set_lr(self, factor: float) -> None:
-        _set_lr(self.optimizer, self.cfg.lr, factor)
+        _set_lr(self.optimizer, self.cfg.optim.lr, factor)
 
     def save(self, directory: Path) -> None:
         self.model.save_checkpoint(str(directory), tag=self.TAG)  # collective: every rank writes its partition
@@ -117,8 +118,8 @@ class DeepSpeedEngine:
         self.model.load_checkpoint(str(directory), tag=self.TAG)
 
 
-def make_engine(model: nn.Module, cfg: TrainConfig, device: torch.device, fc_lr5: bool):
-    if cfg.strategy == "deepspeed":
+def make_engine(model: nn.Module, cfg: JobConfig, device: torch.device, fc_lr5: bool):
+    if cfg.dist.strategy == "deepspeed":
         os.environ.setdefault("DS_ACCELERATOR", "cuda" if device.type == "cuda" else "cpu")
         return DeepSpeedEngine(model, cfg, device, fc_lr5)
     return DDPEngine(model, cfg, device, fc_lr5)

@@ -4,25 +4,18 @@ One call does the whole job, opening the file once:
 
     frames, info = decode_clip(uri, lambda n: segment_indices(n, 8, "val"), short_side=256)
 
-Design (each choice measured on the clips in shared/videos, see its MANIFEST.md):
+Why it is built this way (the clips in shared/videos show each case):
 
-- A short PyAV pass reads the container first: it picks the FIRST video stream, counts its frames by demuxing
-  (no decoding) and decodes one frame to read the rotation. Packets flagged as discarded (edit-list pre-roll, which
-  the decoder drops) and empty flush packets are not counted, so the count is what actually decodes:
-  torchcodec__discard_first_keyframe.mp4 gives 25 where decord's len() and the header say 30. The caller's
-  `sample(num_frames)` only ever sees this count.
-- decord then decodes the sampled frames (fast seeking, resize inside its filter graph) if it is trustworthy for the
-  file: one video stream only (decord picks the "best" stream, not the first: on torchcodec__nasa_13013.mp4 it reads
-  the 390-frame 480x270 stream instead of the first, 325-frame 320x180 one, and cannot be told otherwise), and its
-  len() equals our count (when it over-counts, its index->frame mapping shifts with the access pattern: on
-  discard_first_keyframe index 20 alone returns frame 15, in a full batch frame 20).
-- Anything else, or any decord failure (av1, a webm without duration, the 1x1 clip), goes to PyAV, which decodes
-  sequentially up to the last wanted frame. If fewer frames decode than packets were counted, the decoded count is
-  the true one and the clip is re-sampled with it, so an index past the real end is never served.
-- Orientation: decord applies the display-matrix rotation itself; the PyAV path applies `frame.rotation` with
-  np.rot90, so both backends return the same orientation and VideoInfo reports the displayed height/width.
-- decord reads a file object by copying it into memory (its only file-object mode); PyAV streams from it. Both get
-  the same `open_uri` object, rewound between passes; nothing is written to disk.
+- A short PyAV pass first picks the FIRST video stream, counts the frames that actually decode (demuxing only,
+  without discarded pre-roll or empty packets; headers and decord's len() can over-count) and reads the rotation.
+  The caller's `sample(num_frames)` only ever sees that count.
+- decord then decodes the sampled frames (fast seeking, resize in its filter graph) where it can be trusted: a
+  single video stream (it picks the "best" stream, not the first) and a frame count equal to ours (when it
+  over-counts, its index -> frame mapping shifts with the access pattern).
+- Anything else, or any decord failure (av1, a webm without duration, a 1x1 clip), goes to PyAV, which decodes
+  up to the last wanted frame; if fewer frames decode than were counted, the clip is re-sampled with the true count.
+- Both backends return the displayed orientation (rotation applied) and read the same file object, rewound between
+  passes; nothing is written to disk.
 """
 
 from __future__ import annotations
@@ -34,11 +27,10 @@ from typing import IO
 import av
 import numpy as np
 
-from pipeline.storage import open_uri
+from pipeline.data.storage import open_uri
 
 BACKENDS = ("auto", "decord", "pyav")
-# One decoding thread per reader: the pipeline runs one decoder per CPU, and FFmpeg's frame threads then only contend
-# (measured on 2 CPUs, 2 processes: 19.6 clips/s with 1 thread vs 17.3 with FFmpeg's automatic count).
+# One decoding thread per reader: the pipeline runs one decoder per CPU, and FFmpeg's frame threads would only contend.
 DECORD_THREADS = 1
 Sample = Callable[[int], np.ndarray] | np.ndarray | Sequence[int]
 

@@ -7,10 +7,11 @@ Each trial is a plain function that launches a TorchTrainer (the Ray Train V2 pa
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, fields
 
 import ray
 from pyarrow import fs as pafs
@@ -18,53 +19,68 @@ from ray import tune
 from ray.tune.integration.ray_train import TuneReportCallback
 from ray.tune.schedulers import ASHAScheduler
 
-from pipeline import storage
-from pipeline.config import TrainConfig, _help
-from pipeline.tracking import RUN_NAME_TAG, Tracker, finish_run, redact, start_run, tracking_uri
-from pipeline.train_job import (
-    Datasets,
-    build_trainer,
-    connect_ray,
-    preflight,
-    raise_on_bad_videos,
-    register_checkpoint,
-    trial_cpus,
-)
-from pipeline.train_loop import model_from_config
+from pipeline.data import storage
+from pipeline.registry.tracking import RUN_NAME_TAG, Tracker, finishing, redact, start_run, tracking_uri
+from pipeline.train.config import JobConfig, flat_values, override
+from pipeline.train.driver import Datasets, build_trainer, connect_ray, preflight, trial_cpus
+from pipeline.train.results import raise_on_bad_videos, register_checkpoint
 
 logger = logging.getLogger(__name__)
 
 
 @dataclass
 class SweepConfig:
-    num_samples: int = _help("trials to sample (with --grid: samples per grid point)", default=4)
-    groups_choices: tuple[int, ...] = _help("TIN learned offset groups to try (paper Table 5: 1, 2, 4)",
-                                            default=(1, 2, 4))  # fmt: skip
-    reverse_choices: tuple[str, ...] = _help("reverse offsets to try: true and/or false", default=("true", "false"))
-    shift_div_choices: tuple[int, ...] = _help("shift_div values to try", default=(4, 8))
-    lr_range: tuple[float, ...] = _help("learning-rate range, sampled log-uniformly", default=(0.005, 0.05))
-    weight_decay_range: tuple[float, ...] = _help("weight-decay range, sampled log-uniformly", default=(1e-5, 1e-3))
-    grid: bool = _help("grid-search the categorical choices instead of sampling them", default=False)
-    grace_period: int = _help("ASHA: epochs every trial runs before it can be stopped", default=1)
-    max_concurrent_trials: int = _help("0: as many as the cluster's CPUs (or GPUs) fit", default=0)
-    sweep_name: str = _help("sweep name (MLflow parent run, Tune experiment)", default="")
+    num_samples: int = 4
+    """trials to sample (with --grid: samples per grid point)"""
+    groups_choices: tuple[int, ...] = (1, 2, 4)
+    """TIN learned offset groups to try (paper Table 5: 1, 2, 4)"""
+    reverse_choices: tuple[bool, ...] = (True, False)
+    """reverse offsets to try"""
+    shift_div_choices: tuple[int, ...] = (4, 8)
+    """shift_div values to try"""
+    lr_range: tuple[float, float] = (0.005, 0.05)
+    """learning-rate range, sampled log-uniformly"""
+    weight_decay_range: tuple[float, float] = (1e-5, 1e-3)
+    """weight-decay range, sampled log-uniformly"""
+    grid: bool = False
+    """grid-search the categorical choices instead of sampling them"""
+    grace_period: int = 1
+    """ASHA: epochs every trial runs before it can be stopped"""
+    max_concurrent_trials: int = 0
+    """0: as many as the cluster's CPUs (or GPUs) fit"""
+    sweep_name: str = ""
+    """sweep name (MLflow parent run, Tune experiment)"""
+
+
+@dataclass
+class SweepJobConfig(JobConfig):
+    """The training job's sections (every trial's base configuration) and the sweep's own."""
+
+    sweep: SweepConfig = field(default_factory=SweepConfig)
 
     def validate(self) -> None:
-        if self.num_samples < 1:
-            raise ValueError(f"--num-samples must be >= 1, got {self.num_samples}")
+        super().validate()
+        s = self.sweep
+        if s.num_samples < 1:
+            raise ValueError(f"--num-samples must be >= 1, got {s.num_samples}")
         for name in ("lr_range", "weight_decay_range"):
-            low, high = getattr(self, name)
+            low, high = getattr(s, name)
             if not 0 < low <= high:
-                raise ValueError(f"--{name.replace('_', '-')} must be two values 0 < low <= high")
-        if not set(self.reverse_choices) <= {"true", "false"}:
-            raise ValueError(f"--reverse-choices must be true and/or false, got {self.reverse_choices}")
+                raise ValueError(f"--{name.replace('_', '-')} must be two values 0 < low <= high, got {low}, {high}")
+        if not (s.groups_choices and s.reverse_choices and s.shift_div_choices):
+            raise ValueError("--groups-choices, --reverse-choices and --shift-div-choices need at least one value")
+
+    @property
+    def base(self) -> JobConfig:
+        """Every trial's base configuration: the job's sections without the sweep's."""
+        return JobConfig(**{f.name: getattr(self, f.name) for f in fields(JobConfig)})
 
 
 def search_space(sweep: SweepConfig) -> dict:
     categorical = tune.grid_search if sweep.grid else tune.choice
     return {
         "groups": categorical(list(sweep.groups_choices)),
-        "reverse": categorical([r == "true" for r in sweep.reverse_choices]),
+        "reverse": categorical(list(sweep.reverse_choices)),
         "shift_div": categorical(list(sweep.shift_div_choices)),
         "lr": tune.loguniform(*sweep.lr_range),
         "weight_decay": tune.loguniform(*sweep.weight_decay_range),
@@ -79,27 +95,23 @@ def trial_run_name(sweep_name: str, trial_id: str) -> str:
     return f"{sweep_name}-{trial_id}"
 
 
-def run_trial(config: dict, base: TrainConfig, datasets: Datasets, context: dict) -> None:
+def run_trial(config: dict, base: JobConfig, datasets: Datasets, context: dict) -> None:
     """One Tune trial: a full training run (its own TorchTrainer and MLflow child run) with the sampled values."""
     trial_id = tune.get_context().get_trial_id()
-    cfg = replace(base, **{k: config[k] for k in SAMPLED}, name=trial_run_name(context["sweep_name"], trial_id))
-    tracker = start_run(context["tracking_uri"], base.experiment, cfg.name, {**cfg.to_dict(), "trial_id": trial_id},
+    cfg = override(base, **{k: config[k] for k in SAMPLED}, name=trial_run_name(context["sweep_name"], trial_id))
+    params = {**flat_values(cfg), "trial_id": trial_id}
+    tracker = start_run(context["tracking_uri"], base.tracking.experiment, cfg.tracking.name, params,
                         parent_run_id=context["parent_run_id"])  # fmt: skip
-    try:
+    with finishing(tracker, tag_error=True):
         cfg.validate()
-        model_from_config(cfg, datasets.train.num_classes)  # a bad combination fails here, not in every retry
+        dataclasses.replace(cfg.model, pretrained="").build(datasets.train.num_classes)  # fails here, not per retry
         ray.data.DataContext.get_current().enable_progress_bars = False
-        trainer = build_trainer(cfg, datasets, tracker, cfg.name, callbacks=[TuneReportCallback()],
+        trainer = build_trainer(cfg, datasets, tracker, cfg.tracking.name, callbacks=[TuneReportCallback()],
                                 cpu_budget=context["cpu_budget"])  # fmt: skip
         result = trainer.fit()
         if result.error:
             raise result.error
         raise_on_bad_videos(result.metrics, cfg, datasets.root)
-        finish_run(tracker)
-    except BaseException as e:
-        tracker.set_tag("error", f"{type(e).__name__}: {e}"[:5000])
-        finish_run(tracker, "FAILED")
-        raise
 
 
 @dataclass
@@ -167,12 +179,12 @@ class SweepOutcome:
     message: str
 
 
-def best_trial_checkpoint(results, base: TrainConfig):
+def best_trial_checkpoint(results, base: JobConfig):
     """The checkpoint with the highest val_map of the best trial, read back from the trial's storage."""
     best = results.get_best_result(metric="val_map", mode="max", scope="all", filter_nan_and_inf=True)
     if best is None or best.error is not None:
         raise RuntimeError("no trial finished with a validation mAP")
-    fs, path = storage.pyarrow_filesystem(base.storage)
+    fs, path = storage.pyarrow_filesystem(base.tracking.storage)
     trial_run = best.metrics["checkpoint_path"].rsplit("/", 1)[0]  # .../<run name>/epoch-NNNN
     filesystem = fs or pafs.LocalFileSystem()
     candidates = []
@@ -184,24 +196,30 @@ def best_trial_checkpoint(results, base: TrainConfig):
     return best, ray.train.Checkpoint(best_path, filesystem=fs) if fs else ray.train.Checkpoint(best_path)
 
 
-def run_sweep(base: TrainConfig, sweep: SweepConfig, datasets: Datasets | None = None) -> SweepOutcome:
+def concurrent_trials(base: JobConfig, sweep: SweepConfig, resources: dict) -> int:
+    if sweep.max_concurrent_trials:
+        return sweep.max_concurrent_trials
+    if base.dist.use_gpu:
+        return max(1, int(resources.get("GPU", 0) // base.dist.num_workers))
+    return max(1, int(resources.get("CPU", 1) // trial_cpus(base)))
+
+
+def run_sweep(cfg: SweepJobConfig, datasets: Datasets | None = None) -> SweepOutcome:
+    base, sweep = cfg.base, cfg.sweep
     datasets = datasets or preflight(base)
-    sweep.validate()
+    cfg.validate()
     sweep_name = sweep.sweep_name or f"sweep-{time.strftime('%Y%m%d-%H%M%S')}"
-    uri = tracking_uri(base.mlflow_uri)
+    uri = tracking_uri(base.tracking.mlflow_uri)
     connect_ray()
-    params = {**base.to_dict(), **{f"sweep_{k}": v for k, v in asdict(sweep).items()}}
-    parent = start_run(uri, base.experiment, sweep_name, params)
+    params = {**flat_values(base), **{f"sweep_{k}": v for k, v in asdict(sweep).items()}}
+    parent = start_run(uri, base.tracking.experiment, sweep_name, params)
     logger.info("MLflow sweep run %s in %s", parent.run_id, redact(uri))
     resources = ray.cluster_resources()
-    if base.use_gpu:
-        fit = int(resources.get("GPU", 0) // base.num_workers)
-    else:
-        fit = int(resources.get("CPU", 1) // trial_cpus(base))
-    concurrent = sweep.max_concurrent_trials or max(1, fit)
-    storage_fs, storage_path = storage.pyarrow_filesystem(base.storage)
+    concurrent = concurrent_trials(base, sweep, resources)
+    storage_fs, storage_path = storage.pyarrow_filesystem(base.tracking.storage)
     context = {"sweep_name": sweep_name, "tracking_uri": uri, "parent_run_id": parent.run_id,
                "cpu_budget": resources.get("CPU", 1) / concurrent - TRIAL_CPUS}  # fmt: skip
+    epochs = base.optim.epochs
     tuner = tune.Tuner(
         # The trial function only drives its TorchTrainer: it reserves next to no CPU, its workers and decoders do.
         tune.with_resources(
@@ -213,30 +231,34 @@ def run_sweep(base: TrainConfig, sweep: SweepConfig, datasets: Datasets | None =
             mode="max",
             num_samples=sweep.num_samples,
             max_concurrent_trials=concurrent,
-            scheduler=ASHAScheduler(time_attr="training_iteration", max_t=base.epochs,
-                                    grace_period=min(sweep.grace_period, base.epochs), reduction_factor=2),  # fmt: skip
+            scheduler=ASHAScheduler(
+                time_attr="training_iteration",
+                max_t=epochs,
+                grace_period=min(sweep.grace_period, epochs),
+                reduction_factor=2,
+            ),  # fmt: skip
         ),
-        run_config=tune.RunConfig(name=sweep_name, storage_path=storage_path, storage_filesystem=storage_fs,
-                                  failure_config=tune.FailureConfig(max_failures=0)),  # fmt: skip
+        run_config=tune.RunConfig(
+            name=sweep_name,
+            storage_path=storage_path,
+            storage_filesystem=storage_fs,
+            failure_config=tune.FailureConfig(max_failures=0),
+        ),  # fmt: skip
     )
-    try:
+    with finishing(parent):
         results = tuner.fit()
-        rows = summarize(results, base.epochs)
+        rows = summarize(results, epochs)
         children = _child_runs(parent)
         _record_trial_statuses(parent, children, sweep_name, rows)
         table = format_table(rows)
         parent.log_text(table + "\n", "sweep_summary.txt")
         parent.log_dict({"trials": [r.__dict__ for r in rows]}, "sweep_summary.json")
         best, checkpoint = best_trial_checkpoint(results, base)
-        best_cfg = replace(base, **{k: best.config[k] for k in SAMPLED})
+        best_cfg = override(base, **{k: best.config[k] for k in SAMPLED})
         trial_tracker = _trial_tracker(parent, children, trial_run_name(sweep_name, trial_id_of(best)))
         _, version, _, message = register_checkpoint(best_cfg, trial_tracker, datasets, checkpoint)
         parent.set_tag("best_trial", trial_id_of(best))
-        parent.set_tag("registered_version", f"{base.register_as}/{version}")
-        finish_run(parent)
-    except BaseException:
-        finish_run(parent, "FAILED")
-        raise
+        parent.set_tag("registered_version", f"{base.tracking.register_as}/{version}")
     return SweepOutcome(parent.run_id, table, rows, trial_id_of(best), version, message)
 
 

@@ -10,9 +10,9 @@ import argparse
 import sys
 from concurrent.futures import ThreadPoolExecutor
 
-from pipeline.annotations import read_mmit
-from pipeline.sampling import segment_indices
-from pipeline.video import DecodeError, decode_clip
+from pipeline.data.annotations import read_mmit
+from pipeline.data.sampling import segment_indices
+from pipeline.data.video import DecodeError, decode_clip
 
 
 def check_clip(uri: str, num_segments: int) -> tuple[bool, str]:

@@ -1,0 +1,61 @@
+"""RESULTS.md, the one place for measured figures: each benchmark replaces its own section, stamped with the date,
+commit, machine and the command that produced it."""
+
+from __future__ import annotations
+
+import os
+import platform
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
+HEADER = (
+    "# Measured results\n\nWritten by the benchmark commands; each section is replaced by its command's last run.\n"
+)
+
+
+def commit() -> str:
+    """The checkout's commit, marked -dirty when tracked files differ from it."""
+    repo = RESULTS.parents[1]
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=repo, capture_output=True, text=True,
+                              check=True).stdout.strip()  # fmt: skip
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo,
+                               capture_output=True, text=True).stdout.strip()  # fmt: skip
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return head + ("-dirty" if dirty else "")
+
+
+def machine() -> str:
+    text = f"{os.cpu_count()} CPUs ({platform.machine()}), Python {platform.python_version()}"
+    try:
+        import torch
+
+        text += f", torch {torch.__version__}"
+        if torch.cuda.is_available():
+            text += f", {torch.cuda.get_device_name(0)}"
+    except ImportError:
+        pass
+    return text
+
+
+def record(section: str, body: str, command: str | None = None) -> None:
+    """Replace (or add) `section` of RESULTS.md with `body` under a stamp line."""
+    command = command or " ".join(["python -m", _module(), *sys.argv[1:]])
+    stamp = f"{time.strftime('%Y-%m-%d')}, commit {commit()}, {machine()}; `{command}`"
+    block = f"<!-- {section} -->\n## {section}\n\n{stamp}\n\n{body.rstrip()}\n<!-- /{section} -->\n"
+    text = RESULTS.read_text() if RESULTS.exists() else HEADER
+    pattern = re.compile(rf"<!-- {re.escape(section)} -->.*?<!-- /{re.escape(section)} -->\n", re.S)
+    text = pattern.sub(lambda _: block, text) if pattern.search(text) else text.rstrip() + "\n\n" + block
+    RESULTS.write_text(text)
+    print(f"recorded in {RESULTS}: {section}")
+
+
+def _module() -> str:
+    main = sys.modules["__main__"]
+    spec = getattr(main, "__spec__", None)
+    return spec.name if spec and spec.name else Path(sys.argv[0]).name

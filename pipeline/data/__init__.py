@@ -1,0 +1,1 @@
+"""Data: storage, annotations, decoding, sampling, transforms, the synthetic dataset and the Ray Data clip stream."""

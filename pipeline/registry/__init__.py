@@ -1,0 +1,1 @@
+"""Registry: MLflow tracking and registration, the pyfunc model, prediction, plots."""

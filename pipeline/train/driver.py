@@ -1,0 +1,180 @@
+"""The training job's driver: check inputs, start Ray Train, then register the best model in MLflow.
+
+    outcome = run_training(JobConfig(...))
+
+Everything that can be checked without Ray (flags, the dataset's annotations, pretrained weights) is checked first,
+so a bad --data root or flag fails in seconds with an error naming what is wrong.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass
+
+import ray
+from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.train.torch import TorchConfig, TorchTrainer
+
+from pipeline.data import storage
+from pipeline.data.annotations import Manifest, read_mmit
+from pipeline.data.dataset import clip_dataset, manifest_rows
+from pipeline.data.storage import DEFAULT_CACHE
+from pipeline.data.synthetic import SyntheticSpec, generate_mmit
+from pipeline.registry.tracking import Tracker, finishing, redact, start_run, tracking_uri
+from pipeline.train.config import JobConfig, flat_values
+from pipeline.train.loop import clip_spec, train_loop_per_worker
+from pipeline.train.results import (
+    TrainOutcome,
+    best_checkpoint,
+    raise_on_bad_videos,
+    register_checkpoint,
+    storage_errors_as_unavailable,
+)
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Datasets:
+    root: str
+    train: Manifest
+    val: Manifest
+
+
+def default_data_root(cfg: JobConfig) -> str:
+    """The generated dataset, written once into the cache and reused."""
+    spec = SyntheticSpec(num_train=cfg.data.num_train, num_val=cfg.data.num_val, seed=cfg.optim.seed)
+    root = DEFAULT_CACHE / f"synthetic-mmit-s{spec.seed}-{spec.num_train}-{spec.num_val}"
+    return str(generate_mmit(root, spec))
+
+
+def load_datasets(cfg: JobConfig) -> Datasets:
+    root = cfg.data.root or default_data_root(cfg)
+    if not storage.exists(root):
+        raise ValueError(f"--data {root}: no such directory or bucket prefix")
+    train, val = read_mmit(root, "training"), read_mmit(root, "validation")
+    for name, manifest in (("trainingSet.csv", train), ("validationSet.csv", val)):
+        if not manifest.records:
+            raise ValueError(f"--data {root}: {name} lists no videos")
+    return Datasets(root, train, val)
+
+
+def preflight(cfg: JobConfig) -> Datasets:
+    """All checks that need no Ray: flag values, annotations, pretrained weights."""
+    cfg.validate()
+    datasets = load_datasets(cfg)
+    if cfg.model.pretrained and not storage.exists(cfg.model.pretrained):
+        raise ValueError(f"--pretrained {cfg.model.pretrained}: no such file")
+    # Build the model once here: a bad combination (e.g. groups that do not divide the channels) fails now.
+    dataclasses.replace(cfg.model, pretrained="").build(datasets.train.num_classes)
+    return datasets
+
+
+def worker_env() -> dict[str, str]:
+    """Environment of the training workers: DeepSpeed's accelerator and a project-local build cache for its ops."""
+    env = {"TORCH_EXTENSIONS_DIR": str(DEFAULT_CACHE / "torch_extensions")}
+    for key in ("DS_ACCELERATOR", "AWS_ENDPOINT_URL", "AWS_DEFAULT_REGION", "AWS_REGION", "TIN_STORAGE_RETRY_SECONDS"):
+        if key in os.environ:
+            env[key] = os.environ[key]
+    return env
+
+
+def worker_cpus(cfg: JobConfig) -> float:
+    """CPUs the training workers reserve (none beyond Ray's default on GPU workers)."""
+    return 0 if cfg.dist.use_gpu else cfg.dist.num_workers * cfg.dist.cpus_per_worker
+
+
+def trial_cpus(cfg: JobConfig) -> float:
+    """CPUs one training run wants: its workers' reservations and one CPU per decoder."""
+    return worker_cpus(cfg) + cfg.data.decoders
+
+
+def decoder_cpus(cfg: JobConfig, total_cpus: float) -> float:
+    """CPUs per decode task: a share of what the workers leave free, at most one (more would wait forever)."""
+    free = total_cpus - worker_cpus(cfg)
+    if free <= 0:
+        raise ValueError(f"--num-workers {cfg.dist.num_workers} x --cpus-per-worker {cfg.dist.cpus_per_worker} leave "
+                         f"no CPU of {total_cpus:g} for decoding videos")  # fmt: skip
+    return min(1.0, free / cfg.data.decoders)
+
+
+def build_trainer(
+    cfg: JobConfig,
+    datasets: Datasets,
+    tracker: Tracker | None,
+    run_name: str,
+    callbacks: list | None = None,
+    cpu_budget: float | None = None,
+) -> TorchTrainer:
+    """A TorchTrainer for `cfg`. Decoders share the CPUs of `cpu_budget` (default: the cluster's) that the workers
+    leave free."""
+    cpus_per_decoder = decoder_cpus(cfg, cpu_budget or ray.cluster_resources().get("CPU", 1.0))
+    train_rows = manifest_rows(datasets.train)
+    train_ds = clip_dataset(
+        train_rows, clip_spec(cfg), datasets.train.num_classes, datasets.train.multi_label, train=True,
+        decoders=cfg.data.decoders, cpus_per_decoder=cpus_per_decoder, seed=cfg.optim.seed,
+    )  # fmt: skip
+    data = {
+        "val_rows": manifest_rows(datasets.val),
+        "num_classes": datasets.train.num_classes,
+        "multi_label": datasets.train.multi_label,
+        "steps_per_epoch": max(1, math.ceil(len(train_rows) / (cfg.dist.num_workers * cfg.optim.batch_size))),
+        "cpus_per_decoder": cpus_per_decoder,
+    }
+    storage_fs, storage_path = storage.pyarrow_filesystem(cfg.tracking.storage)
+    dist = cfg.dist
+    resources = {"CPU": dist.cpus_per_worker} | ({"GPU": 1} if dist.use_gpu else {})
+    return TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"job": cfg, "data": data, "tracker": tracker},
+        scaling_config=ScalingConfig(
+            num_workers=dist.num_workers, use_gpu=dist.use_gpu, resources_per_worker=resources
+        ),
+        torch_config=TorchConfig(backend="nccl" if dist.use_gpu else "gloo"),
+        datasets={"train": train_ds},
+        dataset_config=DataConfig(datasets_to_split=["train"]),  # validation is sharded exactly by the loop
+        run_config=RunConfig(
+            name=run_name,
+            storage_path=storage_path,
+            storage_filesystem=storage_fs,
+            checkpoint_config=CheckpointConfig(
+                num_to_keep=2, checkpoint_score_attribute="val_map", checkpoint_score_order="max"
+            ),
+            failure_config=FailureConfig(max_failures=dist.max_failures),
+            worker_runtime_env={"env_vars": worker_env()},
+            callbacks=callbacks,
+        ),
+    )
+
+
+def connect_ray() -> None:
+    if not ray.is_initialized():
+        ray.init()  # joins the cluster of `ray job submit` (RAY_ADDRESS), else starts a local one
+    # Pin the address for Ray's own helper processes: "auto" would be ambiguous beside another cluster on the host.
+    os.environ["RAY_ADDRESS"] = ray.get_runtime_context().gcs_address
+    ray.data.DataContext.get_current().enable_progress_bars = False
+
+
+def run_training(cfg: JobConfig, datasets: Datasets | None = None) -> TrainOutcome:
+    datasets = datasets or preflight(cfg)
+    run_name = cfg.tracking.name or f"{cfg.model.arch}-{time.strftime('%Y%m%d-%H%M%S')}"
+    uri = tracking_uri(cfg.tracking.mlflow_uri)
+    connect_ray()
+    params = {**flat_values(cfg), "data": datasets.root, "name": run_name}
+    tracker = start_run(uri, cfg.tracking.experiment, run_name, params)
+    logger.info("MLflow run %s in %s", tracker.run_id, redact(uri))
+    with storage_errors_as_unavailable(datasets.root, cfg.tracking.storage), finishing(tracker):
+        result = build_trainer(cfg, datasets, tracker, run_name).fit()
+        if result.error:
+            raise result.error
+        raise_on_bad_videos(result.metrics, cfg, datasets.root)
+        checkpoint, _ = best_checkpoint(result)
+        meta, version, champion, message = register_checkpoint(cfg, tracker, datasets, checkpoint)
+    names = datasets.train.class_names
+    per_class = {names[k]: ap for k, ap in enumerate(meta["ap_per_class"])}
+    return TrainOutcome(tracker.run_id, uri, cfg.tracking.experiment, meta["metrics"], result.metrics, per_class,
+                        checkpoint.path, cfg.tracking.register_as, version, champion, message)  # fmt: skip
