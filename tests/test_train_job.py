@@ -90,7 +90,7 @@ def test_ddp_two_workers_end_to_end(cluster, tiny_root, tmp_path):
         f"mlflow.set_tracking_uri('{cfg.tracking.mlflow_uri}')\n"
         "model = mlflow.pyfunc.load_model('models:/tiny-ddp@champion')\n"
         "probs = model.predict(np.random.default_rng(0).integers(0, 255, (3, 4, 40, 48, 3), dtype=np.uint8))\n"
-        "assert probs.shape == (3, 12) and ((probs >= 0) & (probs <= 1)).all(), probs\n"
+        "assert probs.shape == (3, 14) and ((probs >= 0) & (probs <= 1)).all(), probs\n"
         "print('ok', probs.dtype)\n"
     )
     env = {**os.environ, "MLFLOW_ALLOW_PICKLE_DESERIALIZATION": "false"}

@@ -48,7 +48,7 @@ class Datasets:
 def default_data_root(cfg: JobConfig) -> str:
     """The generated dataset, written once into the cache and reused."""
     spec = SyntheticSpec(num_train=cfg.data.num_train, num_val=cfg.data.num_val, seed=cfg.optim.seed)
-    root = DEFAULT_CACHE / f"synthetic-mmit-s{spec.seed}-{spec.num_train}-{spec.num_val}"
+    root = DEFAULT_CACHE / f"synthetic-mmit-v2-s{spec.seed}-{spec.num_train}-{spec.num_val}"
     return str(generate_mmit(root, spec))
 
 
