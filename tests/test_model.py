@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -85,6 +87,38 @@ def test_paper_offset_range_option():
     assert module.offset_net(torch.randn(1, 16, 8)).max().item() == pytest.approx(4.0)  # T / 2
     with pytest.raises(ValueError, match="offset_range"):
         OffsetNet(16, 8, offset_range="wide")
+
+
+def test_tin_started_at_offset_one_is_tsm():
+    """offset_init=1 with zeroed OffsetNet/WeightNet weights: every + group reads frame t-1, every - group frame t+1,
+    exactly TSM's shift of C/8 channels each way (TIN's shift_div 4 moves C/4 in all)."""
+    module = TemporalInterlace(64, T, offset_init=1.0)
+    zero_init_interlace(module)
+    x = torch.randn(2 * T, 64, 3, 3)
+    out = module(x).view(2, T, 64, 3, 3)
+    clip = x.view(2, T, 64, 3, 3)
+    expected = torch.zeros_like(clip)
+    g = 4  # 16 interlaced channels in 4 groups: offsets [+1, +1, -1, -1]
+    expected[:, 1:, : 2 * g] = clip[:, :-1, : 2 * g]
+    expected[:, :-1, 2 * g : 4 * g] = clip[:, 1:, 2 * g : 4 * g]
+    expected[:, :, 4 * g :] = clip[:, :, 4 * g :]
+    torch.testing.assert_close(out, expected)
+
+
+@pytest.mark.parametrize("offset_range, bad", [("code", 2.0), ("code", -2.5), ("paper", 4.0)])
+def test_offset_init_must_lie_inside_the_range(offset_range, bad):
+    with pytest.raises(ValueError, match="outside the offset range"):
+        TemporalInterlace(64, 8, offset_range=offset_range, offset_init=bad)
+    module = TemporalInterlace(64, 8, offset_range=offset_range, offset_init=bad * 0.7)
+    zero_init_interlace(module)
+    torch.testing.assert_close(module.offset_net(torch.randn(2, 16, 8)), torch.full((2, 2), bad * 0.7))
+
+
+def test_fc_init_std_zero_keeps_torch_default_init():
+    small, default = tiny("tsn", fc_init_std=0.001), tiny("tsn", fc_init_std=0.0)
+    assert 0.0005 < small.fc.weight.std().item() < 0.002 and small.fc.bias.abs().sum() == 0
+    bound = 1 / math.sqrt(default.fc.in_features)  # nn.Linear's kaiming-uniform bound
+    assert 0.5 * bound < default.fc.weight.abs().max().item() <= bound and default.fc.bias.abs().sum() > 0
 
 
 @pytest.mark.parametrize("arch", ["tsn", "tsm", "tin"])

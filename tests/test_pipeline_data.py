@@ -172,6 +172,7 @@ def test_training_samples_change_every_epoch(ray_cluster, synthetic_root):
     first, _ = collect(ds)
     second, _ = collect(ds)
     assert sorted(first["index"].tolist()) == sorted(second["index"].tolist()) == list(range(16))
+    assert first["index"].tolist() != second["index"].tolist(), "a new epoch must visit the clips in a new order"
     a = first["clips"][first["index"].argsort()]
     b = second["clips"][second["index"].argsort()]
     assert not torch.equal(a, b), "a new epoch must draw new frames and crops"

@@ -16,7 +16,14 @@ import torch
 import torchvision
 from torch import nn
 
-from tin_core.modules import OffsetNet, TemporalInterlace, TemporalShift, TemporalThenConv, WeightNet
+from tin_core.modules import (
+    AUTHORS_OFFSET_INIT,
+    OffsetNet,
+    TemporalInterlace,
+    TemporalShift,
+    TemporalThenConv,
+    WeightNet,
+)
 
 ARCHS = ("tsn", "tsm", "tin")
 BACKBONES: dict[str, Callable[..., torchvision.models.ResNet]] = {
@@ -39,6 +46,7 @@ class VideoClassifier(nn.Module):
         num_segments: int,
         dropout: float = 0.5,
         partial_bn: bool = False,
+        fc_init_std: float = 0.001,
     ) -> None:
         super().__init__()
         feature_dim = backbone.fc.in_features
@@ -47,8 +55,9 @@ class VideoClassifier(nn.Module):
         self.num_segments = num_segments
         self.dropout = nn.Dropout(p=dropout)
         self.fc = nn.Linear(feature_dim, num_classes)
-        nn.init.normal_(self.fc.weight, 0.0, 0.001)
-        nn.init.zeros_(self.fc.bias)
+        if fc_init_std > 0:  # the authors' N(0, std) for fine-tuning; 0 keeps torch's default (uniform) init
+            nn.init.normal_(self.fc.weight, 0.0, fc_init_std)
+            nn.init.zeros_(self.fc.bias)
         self.partial_bn = partial_bn
 
     def forward(self, clips: torch.Tensor) -> torch.Tensor:
@@ -115,6 +124,8 @@ def build_model(
     groups: int = 2,
     reverse: bool = True,
     offset_range: str = "code",
+    fc_init_std: float = 0.001,
+    offset_init: float = AUTHORS_OFFSET_INIT,
 ) -> VideoClassifier:
     """Build a TSN, TSM or TIN classifier.
 
@@ -122,8 +133,9 @@ def build_model(
     backbone: a torchvision ResNet name (resnet18/34/50/101), randomly initialised unless `pretrained` names a
         torchvision-format state dict (local path or URI), loaded before the temporal modules are added.
     shift_div: the moved fraction of channels is 1/shift_div; None takes the authors' defaults (TIN 4, TSM 8).
-    groups, reverse, offset_range: TIN only; the authors' setting is 2 learned groups plus their reverses, with
-        offsets in (-2, 2) ("code"); "paper" uses the paper's (-T/2, T/2).
+    groups, reverse, offset_range, offset_init: TIN only; the authors' setting is 2 learned groups plus their
+        reverses, with offsets in (-2, 2) ("code"; "paper" uses the paper's (-T/2, T/2)) starting at 0.5 frames.
+    fc_init_std: the new fc's weights start as N(0, fc_init_std) with zero bias; 0: torch's default init.
     """
     if arch not in ARCHS:
         raise ValueError(f"arch must be one of {ARCHS}, got {arch!r}")
@@ -139,9 +151,12 @@ def build_model(
         _insert_temporal_modules(net, lambda channels: TemporalShift(num_segments, shift_div))
     elif arch == "tin":
         _insert_temporal_modules(
-            net, lambda channels: TemporalInterlace(channels, num_segments, shift_div, groups, reverse, offset_range)
+            net,
+            lambda channels: TemporalInterlace(
+                channels, num_segments, shift_div, groups, reverse, offset_range, offset_init
+            ),
         )
-    return VideoClassifier(net, num_classes, num_segments, dropout, partial_bn)
+    return VideoClassifier(net, num_classes, num_segments, dropout, partial_bn, fc_init_std)
 
 
 @dataclass
@@ -169,6 +184,10 @@ class ModelConfig:
     """TIN: offsets in (-2, 2) as the authors' code, or (-T/2, T/2) as the paper's Eq. 3"""
     partial_bn: bool = False
     """freeze all BatchNorms but the first (for ImageNet-pretrained backbones)"""
+    fc_init_std: float = 0.001
+    """the new fc's weights start as N(0, std) (the authors' 0.001, for fine-tuning); 0: torch's default init"""
+    offset_init: float = AUTHORS_OFFSET_INIT
+    """TIN: where the offsets start, in frames (the authors: 0.5; 1.0 starts as TSM's shift)"""
 
     def build(self, num_classes: int) -> VideoClassifier:
         return build_model(
@@ -183,6 +202,8 @@ class ModelConfig:
             groups=self.groups,
             reverse=self.reverse,
             offset_range=self.offset_range,
+            fc_init_std=self.fc_init_std,
+            offset_init=self.offset_init,
         )
 
     def to_dict(self) -> dict:

@@ -10,28 +10,43 @@ numbers. Where the paper's text says otherwise, the code wins and the difference
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
 from tin_core.ops import temporal_interlace, temporal_shift
 
-# logit(0.625): offsets start at 4 * (0.625 - 0.5) = 0.5 frames, as in the authors' code.
-OFFSET_BIAS_INIT = 0.5108
+# The authors' code starts every offset at 0.5 frames (fc2's bias at logit(0.625) = 0.5108 with the code's range).
+AUTHORS_OFFSET_INIT = 0.5
 
 
 class OffsetNet(nn.Module):
-    """Per-clip offsets of the learned groups from the temporal descriptor z [N, fold, T] -> [N, groups]."""
+    """Per-clip offsets of the learned groups from the temporal descriptor z [N, fold, T] -> [N, groups].
 
-    def __init__(self, channels: int, num_segments: int, groups: int = 2, offset_range: str = "code") -> None:
+    `offset_init` is where the offsets start (fc2's bias); it must lie inside the range, (-2, 2) or (-T/2, T/2)."""
+
+    def __init__(
+        self,
+        channels: int,
+        num_segments: int,
+        groups: int = 2,
+        offset_range: str = "code",
+        offset_init: float = AUTHORS_OFFSET_INIT,
+    ) -> None:
         super().__init__()
         if offset_range not in ("code", "paper"):
             raise ValueError(f"offset_range must be 'code' or 'paper', got {offset_range!r}")
+        self.scale = 4.0 if offset_range == "code" else float(num_segments)
+        if not abs(offset_init) < self.scale / 2:
+            raise ValueError(
+                f"offset_init {offset_init} is outside the offset range (-{self.scale / 2:g}, {self.scale / 2:g})"
+            )
         self.conv = nn.Conv1d(channels, 1, kernel_size=3, padding=1)
         self.fc1 = nn.Linear(num_segments, num_segments)
         self.relu = nn.ReLU()
         self.fc2 = nn.Linear(num_segments, groups)
-        nn.init.constant_(self.fc2.bias, OFFSET_BIAS_INIT)
-        self.scale = 4.0 if offset_range == "code" else float(num_segments)
+        nn.init.constant_(self.fc2.bias, math.log((0.5 + offset_init / self.scale) / (0.5 - offset_init / self.scale)))
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         s = self.conv(z).squeeze(1)  # [N, T]
@@ -67,6 +82,7 @@ class TemporalInterlace(nn.Module):
         groups: int = 2,
         reverse: bool = True,
         offset_range: str = "code",
+        offset_init: float = AUTHORS_OFFSET_INIT,
     ) -> None:
         super().__init__()
         self.num_segments = num_segments
@@ -78,7 +94,7 @@ class TemporalInterlace(nn.Module):
                 f"TemporalInterlace: {channels} channels // shift_div {shift_div} = {self.fold} interlaced channels, "
                 f"which {total_groups} groups (groups={groups}, reverse={reverse}) do not divide"
             )
-        self.offset_net = OffsetNet(self.fold, num_segments, groups, offset_range)
+        self.offset_net = OffsetNet(self.fold, num_segments, groups, offset_range, offset_init)
         self.weight_net = WeightNet(self.fold, groups)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

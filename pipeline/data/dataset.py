@@ -24,7 +24,7 @@ import torch
 from pipeline.data import storage
 from pipeline.data.annotations import Manifest
 from pipeline.data.sampling import segment_indices
-from pipeline.data.transforms import ClipTransform, normalize
+from pipeline.data.transforms import MULTI_SCALES, ClipTransform, normalize
 from pipeline.data.video import DecodeError, decode_clip
 
 logger = logging.getLogger(__name__)
@@ -45,6 +45,7 @@ class ClipSpec:
     short_side: int = 128  # frames are resized at decode so their short side is this
     crop_size: int = 112  # output side: multi-scale crop (train) or centre crop (eval)
     flip: bool = False  # random horizontal flip in training; never for direction-sensitive classes
+    scales: tuple[float, ...] = MULTI_SCALES  # training crop sides, as fractions of the short side
 
 
 def manifest_rows(manifest: Manifest) -> list[dict]:
@@ -68,7 +69,7 @@ class ClipDecoder:
         self.num_classes = num_classes
         self.multi_label = multi_label
         self.mode = "train" if train else "val"
-        self.transform = ClipTransform(spec.crop_size, train=train, flip=spec.flip)
+        self.transform = ClipTransform(spec.crop_size, train=train, flip=spec.flip, scales=spec.scales)
         self.rng = np.random.default_rng()  # fresh entropy per call: new samples every epoch
 
     def decode(self, uri: str, rng: np.random.Generator | None = None) -> tuple[np.ndarray, int]:
@@ -130,6 +131,10 @@ def decode_batch(batch: dict[str, np.ndarray], **decoder_args) -> dict[str, np.n
     return ClipDecoder(**decoder_args)(batch)
 
 
+# Training rows are shuffled per epoch at block granularity: blocks of one row up to this many rows.
+SHUFFLE_BLOCKS = 4096
+
+
 def clip_dataset(
     rows: list[dict],
     spec: ClipSpec,
@@ -145,14 +150,17 @@ def clip_dataset(
     (large tasks: Ray Data notices a finished task only on its next scheduling round, ray-project/ray#45934, and
     the decoder idles meanwhile); small datasets get smaller tasks, so that every decoder has work.
 
-    Training rows are shuffled once here (annotation files are often sorted by class) and the order of their blocks
-    is drawn anew every epoch; consumers add a local shuffle buffer.
+    Training rows are drawn in a new order every epoch: they sit in blocks of one row (up to SHUFFLE_BLOCKS blocks;
+    larger datasets get proportionally larger blocks) whose order is redrawn each epoch, and map_batches bundles
+    them into decode tasks; consumers add a local shuffle buffer. Validation rows keep their order.
     """
     if train:
-        rows = [rows[i] for i in np.random.default_rng(seed).permutation(len(rows))]
-    # One block per task: blocks of at least the batch size (map_batches would merge smaller ones).
-    num_blocks = max(1, min(math.ceil(len(rows) / batch_size), 1000), min(decoders, len(rows)))
-    batch_size = max(1, min(batch_size, len(rows) // num_blocks))
+        rows = [rows[i] for i in np.random.default_rng(seed).permutation(len(rows))]  # annotations may be sorted
+    batch_size = max(1, min(batch_size, len(rows) // max(1, min(decoders, len(rows)))))
+    if train:
+        num_blocks = max(1, min(len(rows), SHUFFLE_BLOCKS))
+    else:  # one block per task
+        num_blocks = max(1, min(math.ceil(len(rows) / batch_size), 1000))
     ds = ray.data.from_items(rows, override_num_blocks=num_blocks)
     if train:
         ds = ds.randomize_block_order()

@@ -18,9 +18,9 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 MULTI_SCALES = (1.0, 0.875, 0.75, 0.66)
 
 
-def _crop_sides(short: int, crop_size: int) -> list[int]:
+def _crop_sides(short: int, crop_size: int, scales: tuple[float, ...]) -> list[int]:
     # Sides within 3 px of the output size snap to it, as in TSM.
-    sides = [int(short * s) for s in MULTI_SCALES]
+    sides = [int(short * s) for s in scales]
     return [crop_size if abs(side - crop_size) < 3 else side for side in sides]
 
 
@@ -35,11 +35,11 @@ def _fixed_offsets(width: int, height: int, crop_w: int, crop_h: int) -> list[tu
 
 
 def multi_scale_crop_box(
-    height: int, width: int, crop_size: int, rng: np.random.Generator
+    height: int, width: int, crop_size: int, rng: np.random.Generator, scales: tuple[float, ...] = MULTI_SCALES
 ) -> tuple[int, int, int, int]:
-    """(top, left, h, w) of a random multi-scale crop: sides from MULTI_SCALES, aspect distortion of at most one scale
-    step, at one of 13 fixed positions."""
-    sides = _crop_sides(min(height, width), crop_size)
+    """(top, left, h, w) of a random multi-scale crop: sides from `scales` (fractions of the short side), aspect
+    distortion of at most one scale step, at one of 13 fixed positions."""
+    sides = _crop_sides(min(height, width), crop_size, scales)
     pairs = [(w, h) for i, h in enumerate(sides) for j, w in enumerate(sides) if abs(i - j) <= 1]
     crop_w, crop_h = pairs[rng.integers(len(pairs))]
     crop_w, crop_h = max(1, min(crop_w, width)), max(1, min(crop_h, height))
@@ -56,20 +56,21 @@ def centre_crop_box(height: int, width: int, crop_size: int) -> tuple[int, int, 
 class ClipTransform:
     """uint8 [T, H, W, 3] -> uint8 [T, crop_size, crop_size, 3].
 
-    train: multi-scale crop at a random fixed position, resized to crop_size, then an optional flip. eval: centre crop
-    (resized to crop_size if the frame is smaller). `flip` must stay off for direction-sensitive datasets
-    (Something-Something, Jester, our synthetic moving-left/right classes), where a flip swaps the label.
+    train: a crop of a side from `scales` at a random fixed position, resized to crop_size, then an optional flip.
+    eval: centre crop (resized to crop_size if the frame is smaller). `flip` must stay off for direction-sensitive
+    datasets (Something-Something, Jester, our synthetic moving-left/right classes), where a flip swaps the label.
     """
 
     crop_size: int
     train: bool = False
     flip: bool = False
+    scales: tuple[float, ...] = MULTI_SCALES
 
     def __call__(self, clip: np.ndarray, rng: np.random.Generator | None = None) -> np.ndarray:
         frames, height, width, _ = clip.shape
         if self.train:
             rng = rng if rng is not None else np.random.default_rng()
-            top, left, h, w = multi_scale_crop_box(height, width, self.crop_size, rng)
+            top, left, h, w = multi_scale_crop_box(height, width, self.crop_size, rng, self.scales)
         else:
             top, left, h, w = centre_crop_box(height, width, self.crop_size)
         cropped = torch.from_numpy(np.ascontiguousarray(clip[:, top : top + h, left : left + w])).permute(0, 3, 1, 2)

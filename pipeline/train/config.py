@@ -33,6 +33,8 @@ class DataConfig:
     """crop size in pixels; frames are resized to a short side of frame_size * 8/7"""
     flip: bool = False
     """random horizontal flips in training (never for direction-sensitive classes)"""
+    crop_scales: tuple[float, ...] = (1.0, 0.875, 0.75, 0.66)
+    """training crop sides as fractions of the short side (TSM's multi-scale crop; 0.875 alone: position only)"""
     max_bad_fraction: float = 0.05
     """stop when more than this fraction of videos fails to decode"""
     decoders: int = 2
@@ -63,6 +65,8 @@ class OptimConfig:
     """epochs where the step schedule divides the lr by 10"""
     warmup_epochs: float = 1.0
     """linear warmup length in epochs"""
+    warmup_start: float = 0.0
+    """the lr at the warmup's start, as a fraction of --lr (the authors: 0.1)"""
     clip_grad: float = 20.0
     """gradient-norm clipping (the authors use 20); 0: none"""
     seed: int = 0
@@ -126,6 +130,9 @@ class JobConfig:
             (m.groups >= 1, "groups", ">= 1"),
             (m.shift_div >= 0, "shift_div", ">= 0"),
             (0 <= m.dropout < 1, "dropout", "in [0, 1)"),
+            (m.fc_init_std >= 0, "fc_init_std", ">= 0"),
+            (bool(d.crop_scales) and all(0 < s <= 1 for s in d.crop_scales), "crop_scales", "in (0, 1]"),
+            (0 <= o.warmup_start <= 1, "warmup_start", "in [0, 1]"),
         ]
         for ok, name, expected in checks:
             if not ok:

@@ -31,14 +31,16 @@ META_FILE = "meta.json"
 
 
 def clip_spec(cfg: JobConfig) -> ClipSpec:
-    return ClipSpec(cfg.model.num_segments, cfg.data.short_side, cfg.data.frame_size, cfg.data.flip)
+    d = cfg.data
+    return ClipSpec(cfg.model.num_segments, d.short_side, d.frame_size, d.flip, tuple(d.crop_scales))
 
 
 def lr_factor(cfg: JobConfig, epoch: float) -> float:
-    """Linear warmup, then cosine decay to 0 (or /10 at each of lr_steps), as a multiple of the base lr."""
+    """Linear warmup from warmup_start, then cosine decay to 0 (or /10 at each of lr_steps), as a multiple of the
+    base lr."""
     o = cfg.optim
     if epoch < o.warmup_epochs:
-        return (epoch + 1e-3) / o.warmup_epochs
+        return o.warmup_start + (1 - o.warmup_start) * (epoch + 1e-3) / o.warmup_epochs
     if o.lr_schedule == "step":
         return 0.1 ** sum(epoch >= step for step in o.lr_steps)
     progress = (epoch - o.warmup_epochs) / max(o.epochs - o.warmup_epochs, 1e-8)

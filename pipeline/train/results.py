@@ -20,6 +20,7 @@ import yaml
 from pipeline.data import storage
 from pipeline.data.annotations import Manifest
 from pipeline.data.dataset import ClipDecoder, TooManyBadVideos
+from pipeline.data.synthetic import PAIRS
 from pipeline.data.transforms import normalize
 from pipeline.registry.plots import plot_offsets, plot_weights
 from pipeline.registry.serving import model_config
@@ -151,6 +152,18 @@ def _per_class_text(ap: dict[str, float], shown: int = 16) -> str:
     return ", ".join(name if name == "..." else f"{name} {value:.2f}" for name, value in items)
 
 
+def temporal_text(ap: dict[str, float]) -> str | None:
+    """Mean AP of the time-reversed event classes beside the other classes, for data that has the synthetic events
+    (the embedded default): the first shows what a temporal model adds, the second what any frame shows."""
+    events = [name for pair in PAIRS for name in pair]
+    if not set(events) <= set(ap):
+        return None
+    others = [v for name, v in ap.items() if name not in events and not np.isnan(v)]
+    line = f"time-reversed events: mAP {np.nanmean([ap[e] for e in events]):.3f}"
+    line += " (" + ", ".join(f"{f}/{b} {ap[f]:.2f}/{ap[b]:.2f}" for f, b in PAIRS) + ")"
+    return line + (f"; appearance classes: mAP {np.mean(others):.3f}" if others else "")
+
+
 def summary(outcome: TrainOutcome) -> str:
     m = outcome.metrics
     ui = outcome.tracking_uri if outcome.tracking_uri.startswith("http") else None
@@ -168,5 +181,6 @@ def summary(outcome: TrainOutcome) -> str:
         f'load it: mlflow.pyfunc.load_model("models:/{outcome.model_name}/{outcome.version}") (or '
         f'"models:/{outcome.model_name}@champion"), or python jobs/predict.py --model '
         f"models:/{outcome.model_name}/{outcome.version} VIDEO...",
+        *filter(None, [temporal_text(outcome.ap_per_class)]),  # last: what the embedded default is there to show
     ]
     return "\n".join(lines)

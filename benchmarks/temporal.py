@@ -1,0 +1,340 @@
+"""The temporal benchmark: TSN, TSM and TIN trained by `jobs/train_mmit.py` with its defaults on events that differ
+only by the direction of time, beside a plain PyTorch loop (written here, apart from the project) as the yardstick.
+
+    python -m benchmarks.temporal                      # about 30 minutes on 2 CPUs
+    python -m benchmarks.temporal --num-train 48 --num-val 24 --epochs 1 --no-record    # a smoke run
+
+The data: 10 events in 5 time-reversed pairs (moving right/left, down/up, growing/shrinking, brightening/darkening,
+turning clockwise/counterclockwise), one or two small sprites per clip doing them, up to two distractors wobbling in
+place, a dark noisy background, clips of 16-32 frames at 64 px, 400 training and 160 validation clips, multi-label.
+A frame-averaging model can at best name each event's pair: the time-blind ceiling is the samples-mAP of an oracle
+that knows the pairs and guesses directions. Every model is scored here by the same code on the same validation
+clips (centre view): samples-mAP, class-mAP, mean AP of the time-reversed classes, and direction accuracy (for each
+clip and pair with one labelled direction, how often the labelled direction scores above its reverse).
+Targets: TIN >= TSM >= TSN + 0.20 samples-mAP; TIN and TSM at least the plain loop's TSM; TSN near the ceiling.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+import torchvision
+
+from benchmarks.results import record
+from pipeline.data.annotations import read_mmit
+from pipeline.data.storage import DEFAULT_CACHE
+from pipeline.data.synthetic import SyntheticSpec, generate_mmit, temporal_class_pairs
+from tin_core import interlace_trace, map_over_classes, map_over_videos
+
+REPO = Path(__file__).resolve().parents[1]
+SPEC = SyntheticSpec(
+    num_train=400,
+    num_val=160,
+    frames=24,
+    size=64,
+    seed=7,
+    max_events=2,
+    distractors=2,
+    sprite_radius=(0.06, 0.09),
+    noise=10.0,
+    dark=True,
+    appearance=False,
+    length_jitter=1 / 3,
+)
+# The fixed budget every run gets; everything else is the job's default.
+BUDGET = {"backbone": "resnet18", "frame_size": 64, "num_segments": 8, "epochs": 12, "batch_size": 8, "lr": 0.01}
+
+
+def multi_hot(manifest) -> np.ndarray:
+    y = np.zeros((len(manifest.records), manifest.num_classes), np.float32)
+    for i, video in enumerate(manifest.records):
+        y[i, list(video.labels)] = 1
+    return y
+
+
+def time_blind_ceiling(targets: np.ndarray, draws: int = 200, seed: int = 0) -> float:
+    """samples-mAP of an oracle that knows which pairs each clip shows but not their directions (ties at random)."""
+    pair_of = np.arange(targets.shape[1]) // 2
+    present = np.zeros_like(targets)
+    for i, row in enumerate(targets):
+        for pair in set(pair_of[row > 0]):
+            present[i, pair_of == pair] = 1
+    rng = np.random.default_rng(seed)
+    return float(
+        np.mean([map_over_videos(present + rng.uniform(0, 1e-3, targets.shape), targets) for _ in range(draws)])
+    )
+
+
+def scores_report(scores: np.ndarray, targets: np.ndarray) -> dict[str, float]:
+    reversed_classes = sorted(c for pair in temporal_class_pairs() for c in pair)
+    right = total = 0
+    for forward, backward in temporal_class_pairs():
+        one = targets[:, forward] != targets[:, backward]  # exactly one direction of this pair is labelled
+        truth = np.where(targets[one, forward] > 0, forward, backward)
+        other = np.where(truth == forward, backward, forward)
+        rows = np.nonzero(one)[0]
+        right += int((scores[rows, truth] > scores[rows, other]).sum())
+        total += len(rows)
+    return {
+        "samples_map": map_over_videos(scores, targets),
+        "class_map": map_over_classes(scores, targets),
+        "reversed_map": map_over_classes(scores[:, reversed_classes], targets[:, reversed_classes]),
+        "direction_accuracy": right / max(total, 1),
+    }
+
+
+# --- the project's job ------------------------------------------------------------------------------------------
+
+
+def train_with_job(arch: str, root: Path, workdir: Path, budget: dict) -> tuple[str, str]:
+    """Run jobs/train_mmit.py for `arch` (flags: the budget only); returns (tracking URI, registered model URI)."""
+    uri = f"sqlite:///{workdir / 'mlflow.db'}"
+    flags = [f"--{k.replace('_', '-')}={v}" for k, v in budget.items()]
+    command = [
+        sys.executable,
+        str(REPO / "jobs" / "train_mmit.py"),
+        "--data",
+        str(root),
+        "--arch",
+        arch,
+        *flags,
+        "--storage",
+        str(workdir / "runs"),
+        "--mlflow-uri",
+        uri,
+        "--experiment",
+        "temporal-benchmark",
+        "--name",
+        f"temporal-{arch}-{int(time.time())}",
+        "--register-as",
+        f"temporal-{arch}",
+    ]
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "TIN_CACHE_DIR": str(workdir / "cache")}  # a private cluster
+    started = time.perf_counter()
+    result = subprocess.run(command, capture_output=True, text=True, env=env, cwd=REPO)
+    if result.returncode != 0:
+        raise RuntimeError(f"the job failed for {arch}:\n{result.stderr[-3000:]}")
+    loaded = next(line for line in result.stdout.splitlines() if line.startswith("load it:"))
+    model_uri = loaded.split('load_model("', 1)[1].split('")', 1)[0]
+    print(f"  job {arch}: {time.perf_counter() - started:.0f} s, {model_uri}", flush=True)
+    return uri, model_uri
+
+
+def job_scores(tracking_uri: str, model_uri: str, manifest, num_segments: int) -> tuple[np.ndarray, list, dict]:
+    """The registered model's probabilities on the validation clips, decoded as the job validates (segment
+    centres, centre crop), the TIN layers' offsets and weights (empty for TSN/TSM), and the model's config."""
+    import mlflow
+
+    from pipeline.data.dataset import ClipDecoder, ClipSpec
+    from pipeline.data.transforms import normalize
+
+    mlflow.set_tracking_uri(tracking_uri)
+    model = mlflow.pyfunc.load_model(model_uri)
+    config = model.unwrap_python_model().config
+    decoder = ClipDecoder(
+        ClipSpec(num_segments, config["short_side"], config["frame_size"]), manifest.num_classes, True, train=False
+    )
+    clips = np.stack([decoder.decode(r.uri)[0] for r in manifest.records])
+    scores = np.concatenate([model.predict(clips[i : i + 32]) for i in range(0, len(clips), 32)])
+    network = model.unwrap_python_model().model
+    trace = (
+        interlace_trace(network, normalize(torch.from_numpy(clips[:32]))) if config["model"]["arch"] == "tin" else []
+    )
+    return scores, trace, config["model"]
+
+
+# --- the plain loop (the yardstick): torchvision ResNet, TSM shift written here, no augmentation ------------------
+
+
+class ShiftThenConv(torch.nn.Module):
+    """TSM's residual shift: 1/8 of the channels from the next frame, 1/8 from the previous one, then the conv."""
+
+    def __init__(self, conv: torch.nn.Conv2d, frames: int) -> None:
+        super().__init__()
+        self.conv, self.frames = conv, frames
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        nt, c, h, w = x.shape
+        clip = x.view(nt // self.frames, self.frames, c, h, w)
+        fold = c // 8
+        out = torch.zeros_like(clip)
+        out[:, :-1, :fold] = clip[:, 1:, :fold]
+        out[:, 1:, fold : 2 * fold] = clip[:, :-1, fold : 2 * fold]
+        out[:, :, 2 * fold :] = clip[:, :, 2 * fold :]
+        return self.conv(out.view(nt, c, h, w))
+
+
+class PlainNet(torch.nn.Module):
+    def __init__(self, arch: str, num_classes: int, frames: int) -> None:
+        super().__init__()
+        self.net, self.frames = torchvision.models.resnet18(num_classes=num_classes), frames
+        if arch == "tsm":
+            for stage in (self.net.layer1, self.net.layer2, self.net.layer3, self.net.layer4):
+                for block in stage:
+                    block.conv1 = ShiftThenConv(block.conv1, frames)
+
+    def forward(self, clips: torch.Tensor) -> torch.Tensor:  # [N, T, 3, H, W] -> [N, K]
+        n = clips.shape[0]
+        return self.net(clips.flatten(0, 1)).view(n, self.frames, -1).mean(dim=1)
+
+
+def decode_all(manifest, size: int) -> list[np.ndarray]:
+    import av
+
+    clips = []
+    for video in manifest.records:
+        with av.open(video.uri) as container:
+            frames = [f.to_ndarray(format="rgb24", width=size, height=size) for f in container.decode(video=0)]
+        clips.append(np.stack(frames))
+    return clips
+
+
+def plain_batch(clips: list[np.ndarray], rows, frames: int, rng: np.random.Generator | None) -> torch.Tensor:
+    picked = []
+    for i in rows:
+        n = len(clips[i])
+        edges = np.linspace(0, n, frames + 1)
+        ticks = rng.uniform(edges[:-1], edges[1:]) if rng is not None else (edges[:-1] + edges[1:]) / 2
+        picked.append(clips[i][np.minimum(ticks.astype(int), n - 1)])
+    x = torch.from_numpy(np.stack(picked)).permute(0, 1, 4, 2, 3).float() / 255  # [N, T, 3, H, W]
+    mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 1, 3, 1, 1)
+    return (x - mean) / torch.tensor([0.229, 0.224, 0.225]).view(1, 1, 3, 1, 1)
+
+
+def train_plain(arch: str, train, val, budget: dict, seed: int = 0) -> np.ndarray:
+    """The yardstick: SGD (momentum 0.9, wd 5e-4), per-step cosine, BCE; best validation scores over epochs."""
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    frames, batch, epochs = budget["num_segments"], budget["batch_size"], budget["epochs"]
+    train_clips, val_clips = decode_all(train, budget["frame_size"]), decode_all(val, budget["frame_size"])
+    y_train, y_val = torch.from_numpy(multi_hot(train)), multi_hot(val)
+    model = PlainNet(arch, train.num_classes, frames)
+    optimizer = torch.optim.SGD(model.parameters(), lr=budget["lr"], momentum=0.9, weight_decay=5e-4)
+    steps = math.ceil(len(train_clips) / batch) * epochs
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * s / steps)))
+    best, best_map = None, -1.0
+    for _ in range(epochs):
+        model.train()
+        order = rng.permutation(len(train_clips))
+        for start in range(0, len(order), batch):
+            rows = order[start : start + batch]
+            loss = F.binary_cross_entropy_with_logits(model(plain_batch(train_clips, rows, frames, rng)), y_train[rows])
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+        model.eval()
+        with torch.no_grad():
+            scores = np.concatenate(
+                [
+                    torch.sigmoid(
+                        model(plain_batch(val_clips, range(i, min(i + 32, len(val_clips))), frames, None))
+                    ).numpy()
+                    for i in range(0, len(val_clips), 32)
+                ]
+            )
+        if map_over_videos(scores, y_val) > best_map:
+            best, best_map = scores, map_over_videos(scores, y_val)
+    return best
+
+
+# --- the report -------------------------------------------------------------------------------------------------
+
+
+def offsets_line(trace: list[dict], initial: float) -> str:
+    """Figure 5 in a line: learned offsets per layer (mean over clips and groups) and how weights vary over frames."""
+    offsets = [float(t["offsets"].abs().mean()) for t in trace]
+    spread = [float(t["weights"].mean(dim=0).std(dim=0).mean()) for t in trace]  # std over frames, mean over groups
+    moved = max(abs(o - initial) for o in offsets)
+    return (
+        f"TIN offsets per layer (|offset|, start {initial:g}): {' '.join(f'{o:.2f}' for o in offsets)}; "
+        f"largest move {moved:.2f} frames; weight std over frames per layer {min(spread):.3f}-{max(spread):.3f}"
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--num-train", type=int, default=SPEC.num_train, help="training clips")
+    parser.add_argument("--num-val", type=int, default=SPEC.num_val, help="validation clips")
+    parser.add_argument("--epochs", type=int, default=BUDGET["epochs"], help="epochs of every run")
+    parser.add_argument("--archs", nargs="+", default=["tsn", "tsm", "tin"], choices=["tsn", "tsm", "tin"])
+    parser.add_argument("--plain", nargs="*", default=["tsn", "tsm"], choices=["tsn", "tsm"], help="plain-loop runs")
+    parser.add_argument("--no-record", action="store_true", help="do not write benchmarks/RESULTS.md")
+    args = parser.parse_args(argv)
+    spec = dataclasses.replace(SPEC, num_train=args.num_train, num_val=args.num_val)
+    budget = {**BUDGET, "epochs": args.epochs}
+    started = time.perf_counter()
+    root = generate_mmit(DEFAULT_CACHE / f"temporal-benchmark-{spec.num_train}-{spec.num_val}-s{spec.seed}", spec)
+    train, val = read_mmit(str(root), "training"), read_mmit(str(root), "validation")
+    targets = multi_hot(val)
+    ceiling = time_blind_ceiling(targets)
+    print(f"{root}: {len(train.records)} + {len(val.records)} clips; time-blind ceiling {ceiling:.3f}", flush=True)
+    rows, notes = {}, []
+    with tempfile.TemporaryDirectory(prefix="temporal-benchmark-") as tmp:
+        for arch in args.archs:
+            tracking, model_uri = train_with_job(arch, root, Path(tmp), budget)
+            scores, trace, model = job_scores(tracking, model_uri, val, budget["num_segments"])
+            rows[f"job {arch}"] = scores_report(scores, targets)
+            if trace:
+                notes.append(offsets_line(trace, initial=model["offset_init"]))
+    for arch in args.plain:
+        t0 = time.perf_counter()
+        rows[f"plain {arch}"] = scores_report(train_plain(arch, train, val, budget), targets)
+        print(f"  plain {arch}: {time.perf_counter() - t0:.0f} s", flush=True)
+    table = ["| run | samples-mAP | class-mAP | reversed-classes mAP | direction accuracy |", "|---|---|---|---|---|"]
+    table += [
+        f"| {name} | {r['samples_map']:.3f} | {r['class_map']:.3f} | {r['reversed_map']:.3f} | "
+        f"{r['direction_accuracy']:.3f} |"
+        for name, r in rows.items()
+    ]
+    table.append(f"| time-blind ceiling | {ceiling:.3f} | | | 0.5 |")
+    body = "\n".join(
+        [
+            f"{spec.num_train} + {spec.num_val} clips, budget {budget}",
+            "",
+            *table,
+            "",
+            *notes,
+            *targets_lines(rows, ceiling),
+        ]
+    )
+    print(body + f"\n({time.perf_counter() - started:.0f} s)", flush=True)
+    if not args.no_record:
+        record("Temporal benchmark (TSN / TSM / TIN through the job)", body)
+
+
+def targets_lines(rows: dict, ceiling: float) -> list[str]:
+    m = {name: r["samples_map"] for name, r in rows.items()}
+    lines = []
+    if {"job tin", "job tsm", "job tsn"} <= set(m):
+        ok = m["job tin"] >= m["job tsm"] >= m["job tsn"] + 0.20
+        lines.append(
+            f"- TIN >= TSM >= TSN + 0.20: {m['job tin']:.3f} / {m['job tsm']:.3f} / {m['job tsn']:.3f} "
+            f"-> {'met' if ok else 'NOT met'}"
+        )
+    if "plain tsm" in m:
+        for arch in ("tin", "tsm"):
+            if f"job {arch}" in m:
+                ok = m[f"job {arch}"] >= m["plain tsm"]
+                lines.append(
+                    f"- job {arch.upper()} >= plain TSM: {m[f'job {arch}']:.3f} vs {m['plain tsm']:.3f} -> "
+                    f"{'met' if ok else 'NOT met'}"
+                )
+    if "job tsn" in m:
+        lines.append(f"- TSN against the time-blind ceiling: {m['job tsn']:.3f} vs {ceiling:.3f}")
+    return lines
+
+
+if __name__ == "__main__":
+    main()
