@@ -6,7 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.tin-setup-done
 
-.PHONY: setup run test test-fast lint bench bench-data bench-temporal clean-build
+.PHONY: setup run test test-fast lint bench bench-data bench-temporal gpu-check clean-build
 
 setup: $(STAMP)
 
@@ -41,6 +41,10 @@ bench-data: setup
 
 bench-temporal: setup
 	$(PY) -m benchmarks.temporal
+
+# On a GPU machine: CUDA tests and GPU benchmarks (a bare machine's own python3 and torch where there is no .venv).
+gpu-check:
+	bash benchmarks/gpu_check.sh
 
 clean-build:
 	rm -rf build tin_ops*.so $(STAMP)

@@ -40,6 +40,13 @@ TIN_CPU_CLONES void gather_span(const Taps<double>& taps, const double* row0, co
   for (int64_t i = first; i < last; ++i) out[i] = gather_element(taps, row0, row1, i);
 }
 
+// Half and bfloat16: read, accumulate in float, round once on the store.
+template <typename scalar_t>
+void gather_span(const Taps<float>& taps, const scalar_t* row0, const scalar_t* row1, scalar_t* out, int64_t first,
+                 int64_t last) {
+  for (int64_t i = first; i < last; ++i) out[i] = static_cast<scalar_t>(gather_element(taps, row0, row1, i));
+}
+
 // dst[n, t, g, :] = taps(n, g, t) applied to src rows. Forward and input-gradient differ only in their taps.
 // Parallel over (sample, group, column chunk); each task runs through all frames of its chunk.
 template <typename scalar_t, typename TapsFn>
@@ -72,7 +79,7 @@ at::Tensor interlace_cpu(const at::Tensor& x_in, const at::Tensor& offsets_in, c
   const at::Tensor x = x_in.contiguous(), offsets = offsets_in.contiguous(), weights = weights_in.contiguous();
   at::Tensor out = at::empty_like(x);
   if (x.numel() == 0) return out;
-  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "tin_interlace_cpu", [&] {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "tin_interlace_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const scalar_t* off = offsets.data_ptr<scalar_t>();
     const scalar_t* w = weights.data_ptr<scalar_t>();
@@ -89,12 +96,13 @@ at::Tensor interlace_cpu(const at::Tensor& x_in, const at::Tensor& offsets_in, c
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> interlace_backward_cpu(const at::Tensor& grad_in, const at::Tensor& x_in,
                                                                       const at::Tensor& offsets_in,
-                                                                      const at::Tensor& weights_in) {
-  const BackwardBuffers b = prepare_backward(grad_in, x_in, offsets_in, weights_in);
+                                                                      const at::Tensor& weights_in, bool input_grad,
+                                                                      bool param_grads) {
+  const BackwardBuffers b = prepare_backward(grad_in, x_in, offsets_in, weights_in, input_grad, param_grads);
   const InterlaceShape shape = b.shape;  // named locals: lambdas cannot capture structured bindings in C++17
   const at::Tensor &grad = b.grad, &x = b.x, &offsets = b.offsets, &weights = b.weights;
   const at::Tensor &grad_x = b.grad_x, &interp = b.interp, &diff = b.diff;
-  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "tin_interlace_backward_cpu", [&] {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "tin_interlace_backward_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const scalar_t* off = offsets.data_ptr<scalar_t>();
     const scalar_t* w = weights.data_ptr<scalar_t>();
@@ -104,13 +112,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> interlace_backward_cpu(const at::
       split_offset(static_cast<acc_t>(off[n * shape.groups + g]), shift, frac);
     };
 
-    gather_rows(gy, grad_x.data_ptr<scalar_t>(), shape, [&](int64_t n, int64_t g, int64_t s) {
-      int64_t shift;
-      acc_t frac;
-      shift_and_frac(n, g, shift, frac);
-      return input_grad_taps<acc_t>(s, shape.frames, shift, frac, w + n * shape.frames * shape.groups + g,
-                                    shape.groups);
-    });
+    if (input_grad) {
+      gather_rows(gy, grad_x.data_ptr<scalar_t>(), shape, [&](int64_t n, int64_t g, int64_t s) {
+        int64_t shift;
+        acc_t frac;
+        shift_and_frac(n, g, shift, frac);
+        return input_grad_taps<acc_t>(s, shape.frames, shift, frac, w + n * shape.frames * shape.groups + g,
+                                      shape.groups);
+      });
+    }
+    if (!param_grads) return;
 
     acc_t* interp_out = interp.data_ptr<acc_t>();
     acc_t* diff_out = diff.data_ptr<acc_t>();
@@ -138,15 +149,17 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> interlace_backward_cpu(const at::
       }
     });
   });
-  auto [grad_offsets, grad_weights] = finish_param_grads(interp, diff, offsets, weights);
-  return {grad_x, grad_offsets, grad_weights};
+  return finish_backward(b);
 }
 
 }  // namespace
 
 TORCH_LIBRARY(tin, m) {
   m.def("interlace(Tensor x, Tensor offsets, Tensor weights) -> Tensor");
-  m.def("interlace_backward(Tensor grad_out, Tensor x, Tensor offsets, Tensor weights) -> (Tensor, Tensor, Tensor)");
+  // input_grad / param_grads: which gradients to compute; one not computed comes back as an empty tensor.
+  m.def(
+      "interlace_backward(Tensor grad_out, Tensor x, Tensor offsets, Tensor weights, bool input_grad=True, "
+      "bool param_grads=True) -> (Tensor, Tensor, Tensor)");
 }
 
 TORCH_LIBRARY_IMPL(tin, CPU, m) {

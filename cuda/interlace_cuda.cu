@@ -117,30 +117,32 @@ at::Tensor interlace_cuda(const at::Tensor& x_in, const at::Tensor& offsets_in, 
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> interlace_backward_cuda(const at::Tensor& grad_in, const at::Tensor& x_in,
                                                                        const at::Tensor& offsets_in,
-                                                                       const at::Tensor& weights_in) {
+                                                                       const at::Tensor& weights_in, bool input_grad,
+                                                                       bool param_grads) {
   const c10::cuda::CUDAGuard guard(x_in.device());
-  const BackwardBuffers b = prepare_backward(grad_in, x_in, offsets_in, weights_in);
-  const InterlaceShape shape = b.shape;  // named locals: lambdas cannot capture structured bindings in C++17
-  const at::Tensor &grad = b.grad, &x = b.x, &offsets = b.offsets, &weights = b.weights;
-  const at::Tensor &grad_x = b.grad_x, &interp = b.interp, &diff = b.diff;
-  const int64_t total = x.numel();
+  const BackwardBuffers b = prepare_backward(grad_in, x_in, offsets_in, weights_in, input_grad, param_grads);
+  const InterlaceShape shape = b.shape;
+  const int64_t total = b.x.numel();
   if (total > 0) {
     const auto stream = c10::cuda::getCurrentCUDAStream();
-    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "tin_interlace_backward_cuda", [&] {
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, b.x.scalar_type(), "tin_interlace_backward_cuda", [&] {
       using acc_t = at::opmath_type<scalar_t>;
-      gather_kernel<scalar_t, true><<<grid_for(total), kThreads, 0, stream>>>(
-          grad.data_ptr<scalar_t>(), offsets.data_ptr<scalar_t>(), weights.data_ptr<scalar_t>(),
-          grad_x.data_ptr<scalar_t>(), shape, total);
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
-      const int64_t rows = shape.batch * shape.frames * shape.groups;
-      param_grad_kernel<scalar_t><<<rows, kThreads, 0, stream>>>(grad.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(),
-                                                                 offsets.data_ptr<scalar_t>(), shape,
-                                                                 interp.data_ptr<acc_t>(), diff.data_ptr<acc_t>());
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      if (input_grad) {
+        gather_kernel<scalar_t, true><<<grid_for(total), kThreads, 0, stream>>>(
+            b.grad.data_ptr<scalar_t>(), b.offsets.data_ptr<scalar_t>(), b.weights.data_ptr<scalar_t>(),
+            b.grad_x.data_ptr<scalar_t>(), shape, total);
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
+      }
+      if (param_grads) {
+        const int64_t rows = shape.batch * shape.frames * shape.groups;
+        param_grad_kernel<scalar_t><<<rows, kThreads, 0, stream>>>(
+            b.grad.data_ptr<scalar_t>(), b.x.data_ptr<scalar_t>(), b.offsets.data_ptr<scalar_t>(), shape,
+            b.interp.data_ptr<acc_t>(), b.diff.data_ptr<acc_t>());
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
+      }
     });
   }
-  auto [grad_offsets, grad_weights] = finish_param_grads(interp, diff, offsets, weights);
-  return {grad_x, grad_offsets, grad_weights};
+  return finish_backward(b);
 }
 
 }  // namespace

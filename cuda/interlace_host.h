@@ -3,6 +3,7 @@
 
 #include <ATen/OpMathType.h>
 #include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
 #include <ATen/ops/empty_like.h>
 #include <ATen/ops/zeros.h>
 #include <ATen/ops/zeros_like.h>
@@ -43,33 +44,40 @@ inline InterlaceShape check_interlace_inputs(const at::Tensor& x, const at::Tens
 }
 
 // What both backward passes set up before their kernels run: checked shapes, contiguous inputs, the input gradient
-// to fill, and zeroed per-(n, t, g) accumulators (in the accumulation dtype) for the parameter gradients.
+// to fill, and zeroed per-(n, t, g) accumulators (in the accumulation dtype) for the parameter gradients. A gradient
+// that is not wanted gets an empty tensor and no kernel.
 struct BackwardBuffers {
   InterlaceShape shape;
   at::Tensor grad, x, offsets, weights;
   at::Tensor grad_x;
   at::Tensor interp, diff;
+  bool param_grads;
 };
 
 inline BackwardBuffers prepare_backward(const at::Tensor& grad, const at::Tensor& x, const at::Tensor& offsets,
-                                        const at::Tensor& weights) {
+                                        const at::Tensor& weights, bool input_grad, bool param_grads) {
   const InterlaceShape shape = check_interlace_inputs(x, offsets, weights);
   TORCH_CHECK(grad.sizes() == x.sizes(), "tin::interlace_backward: grad ", grad.sizes(), " != x ", x.sizes());
+  TORCH_CHECK(grad.scalar_type() == x.scalar_type() && grad.device() == x.device(),
+              "tin::interlace_backward: grad must have x's dtype and device");
   BackwardBuffers b{shape, grad.contiguous(), x.contiguous(), offsets.contiguous(), weights.contiguous()};
-  b.grad_x = at::empty_like(b.x);
+  b.grad_x = input_grad ? at::empty_like(b.x) : at::empty({0}, x.options());
   const auto acc_dtype = at::toOpMathType(x.scalar_type());
-  b.interp = at::zeros({shape.batch, shape.frames, shape.groups}, x.options().dtype(acc_dtype));
+  b.interp = at::zeros({param_grads ? shape.batch : 0, shape.frames, shape.groups}, x.options().dtype(acc_dtype));
   b.diff = at::zeros_like(b.interp);
+  b.param_grads = param_grads;
   return b;
 }
 
 // The kernels leave, per (n, t, g), the row sums `interp` = d loss / d w and `diff` = d loss / d f / w (both in the
 // accumulation dtype). Offsets only move the fraction f, so d loss / d offset = sum over t of w * diff.
-inline std::tuple<at::Tensor, at::Tensor> finish_param_grads(const at::Tensor& interp, const at::Tensor& diff,
-                                                             const at::Tensor& offsets, const at::Tensor& weights) {
-  at::Tensor grad_weights = interp.to(weights.scalar_type());
-  at::Tensor grad_offsets = diff.mul(weights.to(diff.scalar_type())).sum(1).to(offsets.scalar_type());
-  return {grad_offsets, grad_weights};
+inline std::tuple<at::Tensor, at::Tensor, at::Tensor> finish_backward(const BackwardBuffers& b) {
+  if (!b.param_grads) {
+    return {b.grad_x, at::empty({0}, b.offsets.options()), at::empty({0}, b.weights.options())};
+  }
+  at::Tensor grad_weights = b.interp.to(b.weights.scalar_type());
+  at::Tensor grad_offsets = b.diff.mul(b.weights.to(b.diff.scalar_type())).sum(1).to(b.offsets.scalar_type());
+  return {b.grad_x, grad_offsets, grad_weights};
 }
 
 }  // namespace tin

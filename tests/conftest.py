@@ -9,14 +9,13 @@ import socket
 from pathlib import Path
 
 import pytest
-import ray
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("TIN_SHARED_DIR", REPO.parent / "shared"))
 
 
 # Fixtures that start a Ray cluster: tests using them are marked `cluster` (`make test-fast` leaves them out).
-CLUSTER_FIXTURES = {"cluster", "ray_cluster", "head", "stack"}
+CLUSTER_FIXTURES = {"cluster", "ray_cluster", "head", "stack", "gpu_cluster"}
 
 
 def pytest_collection_modifyitems(items) -> None:
@@ -54,6 +53,8 @@ def local_ray(temp_dir: Path, num_cpus: int, env: dict[str, str] | None = None, 
     /tmp/ray/ray_current_cluster left by another module. Token auth is disabled explicitly (loopback only, lives for
     one module; the job-submission and local-stack tests run with token auth on). `env` is set in this process for
     the cluster's life; it and `RAY_ADDRESS` (pinned by the training job's `connect_ray`) are restored after."""
+    import ray  # here, not at the top: the GPU check runs the CUDA tests where Ray may not be installed
+
     env = {"RAY_AUTH_MODE": "disabled", **(env or {})}
     old = {k: os.environ.get(k) for k in [*env, "RAY_ADDRESS"]}
     os.environ.update(env)

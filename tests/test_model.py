@@ -208,6 +208,14 @@ def test_param_groups_follow_authors():
     plain = {g["name"]: g for g in optim_param_groups(tiny("tsn"), 0.01, 1e-4, fc_lr5=False)}
     assert "lr5_weight" not in plain and "lr10_bias" not in plain
 
+    faster = {g["name"]: g for g in optim_param_groups(model, 0.01, 1e-4, fc_lr5=True, interlace_lr_mult=10)}
+    assert any(p is offset_fc.weight for p in faster["normal_weight_interlace"]["params"])
+    assert faster["normal_weight_interlace"]["lr"] == pytest.approx(0.1) and faster["normal_bias_interlace"][
+        "lr"
+    ] == pytest.approx(0.2)
+    assert not any(p is offset_fc.weight for p in faster["normal_weight"]["params"])
+    assert faster["normal_weight_interlace"]["weight_decay"] == pytest.approx(1e-4)
+
 
 def test_partial_bn_trains_only_first_bn():
     model = tiny("tsm", partial_bn=True).train()

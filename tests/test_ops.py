@@ -78,6 +78,56 @@ def test_opcheck():
     torch.library.opcheck(torch.ops.tin.interlace.default, (x.detach(), offsets.detach(), weights.detach()))
 
 
+def test_opcheck_backward_with_and_without_each_gradient():
+    x, offsets, weights = random_inputs(2, 4, 4, (3,), 2, torch.float64)
+    grad = torch.randn_like(x)
+    for input_grad, param_grads in itertools.product([True, False], repeat=2):
+        torch.library.opcheck(
+            torch.ops.tin.interlace_backward.default, (grad, x, offsets, weights, input_grad, param_grads)
+        )
+
+
+def test_backward_computes_only_what_is_asked():
+    x, offsets, weights = random_inputs(2, 5, 4, (3,), 2, torch.float64)
+    grad = torch.randn_like(x)
+    full = torch.ops.tin.interlace_backward(grad, x, offsets, weights)
+    no_input = torch.ops.tin.interlace_backward(grad, x, offsets, weights, False, True)
+    no_params = torch.ops.tin.interlace_backward(grad, x, offsets, weights, True, False)
+    assert no_input[0].numel() == 0 and no_params[1].numel() == 0 and no_params[2].numel() == 0
+    torch.testing.assert_close(no_input[1:], full[1:], atol=0, rtol=0)
+    torch.testing.assert_close(no_params[0], full[0], atol=0, rtol=0)
+    # Through autograd, whichever inputs require grad get exactly the full gradients.
+    for wants in [(True, False, False), (False, True, True), (False, False, True), (True, True, True)]:
+        inputs = [v.clone().requires_grad_(w) for v, w in zip((x, offsets, weights), wants, strict=True)]
+        temporal_interlace(*inputs).backward(grad)
+        for v, want, expected in zip(inputs, wants, full, strict=True):
+            assert (v.grad is not None) == want
+            if want:
+                torch.testing.assert_close(v.grad, expected, atol=0, rtol=0)
+
+
+# Half and bfloat16 on CPU: against the float32 kernel, with tolerances of their rounding (8 and 11 bits of mantissa)
+# at values of order 1 (a few roundings: of the inputs, of the accumulated output).
+LOW_PRECISION = {torch.bfloat16: dict(atol=3e-2, rtol=3e-2), torch.float16: dict(atol=4e-3, rtol=4e-3)}
+
+
+@pytest.mark.parametrize("dtype", list(LOW_PRECISION))
+def test_low_precision_cpu_matches_float32(dtype):
+    x, offsets, weights = random_inputs(2, 6, 8, (5, 5), 4, torch.float32, seed=3)
+    low = [v.to(dtype) for v in (x, offsets, weights)]
+    exact = [v.float() for v in low]  # the same rounded inputs in float32: only the op's own rounding differs
+    out = temporal_interlace(*low)
+    assert out.dtype == dtype
+    torch.testing.assert_close(out.float(), temporal_interlace(*exact), **LOW_PRECISION[dtype])
+    grad = torch.randn_like(x)
+    got = torch.ops.tin.interlace_backward(grad.to(dtype), *low)
+    want = torch.ops.tin.interlace_backward(grad.to(dtype).float(), *exact)
+    for g, w in zip(got, want, strict=True):
+        assert g.dtype == dtype
+        scale = w.abs().max().clamp(min=1.0)  # parameter gradients are sums over a row: compare relative to size
+        torch.testing.assert_close(g.float() / scale, w / scale, **LOW_PRECISION[dtype])
+
+
 @pytest.mark.parametrize("shift", [-3, -1, 0, 1, 2, 5])
 def test_integer_offset_is_index_shift(shift):
     x = torch.randn(2, 6, 4, 3, dtype=torch.float64)
@@ -146,6 +196,19 @@ def test_direct_op_call_checks_shapes():
     """The raw op, bypassing the Python checks, refuses instead of reading out of bounds."""
     with pytest.raises(RuntimeError, match="weights"):
         torch.ops.tin.interlace(torch.randn(2, 4, 8, 3), torch.randn(2, 4), torch.randn(2, 3, 4))
+
+
+def test_fake_implementation_checks_shapes():
+    """Tracing (FakeTensorMode, as torch.compile and torch.export do) refuses what the kernels refuse."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    with FakeTensorMode():
+        out = torch.ops.tin.interlace(torch.empty(2, 4, 8, 3), torch.empty(2, 4), torch.empty(2, 4, 4))
+        assert out.shape == (2, 4, 8, 3)
+        with pytest.raises(RuntimeError, match="weights must be"):
+            torch.ops.tin.interlace(torch.empty(2, 4, 8, 3), torch.empty(2, 4), torch.empty(2, 3, 4))
+        with pytest.raises(RuntimeError, match="not divisible"):
+            torch.ops.tin.interlace(torch.empty(2, 4, 6, 3), torch.empty(2, 4), torch.empty(2, 4, 4))
 
 
 def test_noncontiguous_and_cast_inputs():

@@ -108,13 +108,35 @@ def test_ddp_two_workers_end_to_end(cluster, tiny_root, tmp_path):
     assert line.startswith(str(video)) and line.count(",") == 2
 
 
-def test_deepspeed_two_workers(cluster, tiny_root, tmp_path):
-    cfg = tiny_config(tmp_path, tiny_root, "zero2", strategy="deepspeed", zero_stage=2, epochs=1)
+def fp32_state(path: Path) -> dict:
+    import torch
+
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    assert all(v.dtype == torch.float32 for v in state.values() if v.is_floating_point()), "checkpoints stay fp32"
+    return state
+
+
+def test_deepspeed_two_workers_bf16(cluster, tiny_root, tmp_path):
+    cfg = tiny_config(tmp_path, tiny_root, "zero2", strategy="deepspeed", zero_stage=2, epochs=1, precision="bf16",
+                      grad_accum=2)  # fmt: skip
     outcome = run_training(cfg)
     checkpoint = tmp_path / "checkpoints" / "zero2" / "epoch-0000"
     partitions = sorted(p.name for p in (checkpoint / "deepspeed").glob("*optim_states.pt"))
     assert len(partitions) == 2, partitions  # one ZeRO optimizer partition from each rank
-    assert (checkpoint / "model.pt").is_file() and outcome.version == "1"
+    assert outcome.version == "1" and np.isfinite(outcome.metrics["train_loss"])
+    fp32_state(checkpoint / "model.pt")
+
+
+def test_ddp_two_workers_bf16_with_accumulation(cluster, tiny_root, tmp_path):
+    cfg = tiny_config(tmp_path, tiny_root, "ddp-bf16", epochs=1, precision="bf16", grad_accum=2)
+    outcome = run_training(cfg)
+    assert np.isfinite(outcome.metrics["train_loss"]) and outcome.metrics["val_videos"] == 8
+    import torch
+
+    torch.manual_seed(cfg.optim.seed)  # as every rank does before building the model
+    initial = cfg.model.build(14).state_dict()
+    trained = fp32_state(tmp_path / "checkpoints" / "ddp-bf16" / "epoch-0000" / "model.pt")
+    assert not all(initial[k].equal(v) for k, v in trained.items()), "the accumulated steps must change the weights"
 
 
 def test_killed_worker_resumes_from_checkpoint(cluster, tiny_root, tmp_path):

@@ -33,25 +33,63 @@ _COMPILED_DEVICES = frozenset(device for device, present in interlace_backends()
 _warned_fallback: set[str] = set()
 
 
+def _check_fake_shapes(x: torch.Tensor, offsets: torch.Tensor, weights: torch.Tensor) -> None:
+    """The kernels' input checks, for tracing (symbolic shapes): torch._check records them as guards."""
+    torch._check(
+        x.dim() >= 3 and offsets.dim() == 2 and weights.dim() == 3,
+        lambda: "x [N, T, C, *S], offsets [N, G], weights [N, T, G]",
+    )
+    n, t, c, g = x.shape[0], x.shape[1], x.shape[2], offsets.shape[1]
+    torch._check(g >= 1 and c % g == 0, lambda: f"channels C={c} are not divisible by groups G={g}")
+    torch._check(offsets.shape[0] == n and weights.shape[0] == n, lambda: f"batch sizes differ (N={n} in x)")
+    torch._check(
+        weights.shape[1] == t and weights.shape[2] == g, lambda: f"weights must be [N, T, G] = [{n}, {t}, {g}]"
+    )
+    torch._check(
+        offsets.dtype == x.dtype and weights.dtype == x.dtype, lambda: "x, offsets and weights must share a dtype"
+    )
+
+
 if _IMPORT_ERROR is None:
 
     @torch.library.register_fake("tin::interlace")
     def _interlace_fake(x: torch.Tensor, offsets: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        _check_fake_shapes(x, offsets, weights)
         return torch.empty_like(x)
 
     @torch.library.register_fake("tin::interlace_backward")
     def _interlace_backward_fake(
-        grad: torch.Tensor, x: torch.Tensor, offsets: torch.Tensor, weights: torch.Tensor
+        grad: torch.Tensor,
+        x: torch.Tensor,
+        offsets: torch.Tensor,
+        weights: torch.Tensor,
+        input_grad: bool = True,
+        param_grads: bool = True,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        return torch.empty_like(x), torch.empty_like(offsets), torch.empty_like(weights)
+        _check_fake_shapes(x, offsets, weights)
+        torch._check(grad.shape == x.shape, lambda: f"grad {tuple(grad.shape)} != x {tuple(x.shape)}")
+        grad_x = torch.empty_like(x) if input_grad else x.new_empty(0)
+        if not param_grads:
+            return grad_x, offsets.new_empty(0), weights.new_empty(0)
+        return grad_x, torch.empty_like(offsets), torch.empty_like(weights)
 
     def _setup_context(ctx, inputs, output) -> None:
         x, offsets, weights = inputs
         ctx.save_for_backward(x, offsets, weights)
 
     def _backward(ctx, grad: torch.Tensor):
+        """Only the gradients autograd asks for are computed: a frozen TIN module skips the parameter gradients, a
+        first layer without an input gradient skips the input gradient."""
         x, offsets, weights = ctx.saved_tensors
-        return torch.ops.tin.interlace_backward(grad, x, offsets, weights)
+        need_x, need_offsets, need_weights = ctx.needs_input_grad
+        grad_x, grad_offsets, grad_weights = torch.ops.tin.interlace_backward(
+            grad, x, offsets, weights, need_x, need_offsets or need_weights
+        )
+        return (
+            grad_x if need_x else None,
+            grad_offsets if need_offsets else None,
+            grad_weights if need_weights else None,
+        )
 
     torch.library.register_autograd("tin::interlace", _backward, setup_context=_setup_context)
 

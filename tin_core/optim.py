@@ -5,7 +5,8 @@ Multipliers apply to the base learning rate and weight decay:
 - every other conv and linear weight x1, their biases lr x2 and no decay (TIN's OffsetNet/WeightNet included, as the
   authors' "cs" groups, which have the same multipliers);
 - BatchNorm scale and shift: no decay; under partial BN only the first BN is trained;
-- the new fc: weight lr x5 and bias lr x10 when fine-tuning from ImageNet weights (`fc_lr5`), else x1 / x2.
+- the new fc: weight lr x5 and bias lr x10 when fine-tuning from ImageNet weights (`fc_lr5`), else x1 / x2;
+- `interlace_lr_mult` scales the lr of TIN's OffsetNet and WeightNet (1: the authors' setting).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 from torch import nn
 
 from tin_core.model import VideoClassifier
+from tin_core.modules import OffsetNet, WeightNet
 
 # name: (lr multiplier, weight-decay multiplier)
 GROUP_MULTIPLIERS: dict[str, tuple[float, float]] = {
@@ -26,9 +28,18 @@ GROUP_MULTIPLIERS: dict[str, tuple[float, float]] = {
 }
 
 
-def optim_param_groups(model: VideoClassifier, lr: float, weight_decay: float, fc_lr5: bool = False) -> list[dict]:
+def optim_param_groups(
+    model: VideoClassifier, lr: float, weight_decay: float, fc_lr5: bool = False, interlace_lr_mult: float = 1.0
+) -> list[dict]:
     """Parameter groups for a torch optimizer. Each group carries its `name`, `lr_mult` and `decay_mult`, and its
     `lr` and `weight_decay` already multiplied, so schedulers that scale `lr` should scale from `initial_lr`."""
+    # With a multiplier, TIN's nets get groups of their own ("<group>_interlace"); at 1 they stay in the authors'.
+    nets = (OffsetNet, WeightNet)
+    interlace = (
+        {id(p) for m in model.modules() if isinstance(m, nets) for p in m.parameters()}
+        if interlace_lr_mult != 1
+        else set()
+    )
     groups: dict[str, list[nn.Parameter]] = {name: [] for name in GROUP_MULTIPLIERS}
     convs = 0
     bns = 0
@@ -53,15 +64,14 @@ def optim_param_groups(model: VideoClassifier, lr: float, weight_decay: float, f
                 groups["bn"].extend(params)
         else:
             raise ValueError(f"no optimiser policy for {type(module).__name__}: add one to tin_core.optim")
-    return [
-        {
-            "params": params,
-            "name": name,
-            "lr_mult": GROUP_MULTIPLIERS[name][0],
-            "decay_mult": GROUP_MULTIPLIERS[name][1],
-            "lr": lr * GROUP_MULTIPLIERS[name][0],
-            "weight_decay": weight_decay * GROUP_MULTIPLIERS[name][1],
-        }
-        for name, params in groups.items()
-        if params
-    ]
+    out = []
+    for name, params in groups.items():
+        for suffix, mult, members in (
+            ("", 1.0, [p for p in params if id(p) not in interlace]),
+            ("_interlace", interlace_lr_mult, [p for p in params if id(p) in interlace]),
+        ):
+            if members:
+                lr_mult, decay_mult = GROUP_MULTIPLIERS[name][0] * mult, GROUP_MULTIPLIERS[name][1]
+                out.append({"params": members, "name": name + suffix, "lr_mult": lr_mult, "decay_mult": decay_mult,
+                            "lr": lr * lr_mult, "weight_decay": weight_decay * decay_mult})  # fmt: skip
+    return out

@@ -141,7 +141,7 @@ def sample_sprite(rng: np.random.Generator, event: int | None, spec: SyntheticSp
         gain = (rng.uniform(0.2, 0.4), rng.uniform(0.9, 1.0))
     elif kind == 4:  # turning clockwise (counterclockwise plays it backwards), less than 45 degrees per 1/8 clip
         angle = (a0, a0 + rng.uniform(np.pi / 3, 5 * np.pi / 6))
-    m = max(radius) * EXTENT[shape] + 1  # keeps the shape inside the frame at any orientation
+    m = min(max(radius) * EXTENT[shape] + 1, s / 2 - 1)  # inside the frame at any orientation, if it fits at all
     x, y = rng.uniform(m, s - m, size=2)
     x1, y1 = x, y
     if kind in (0, 1):  # moving right / down (left / up play them backwards)

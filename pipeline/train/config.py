@@ -69,6 +69,8 @@ class OptimConfig:
     """the lr at the warmup's start, as a fraction of --lr (the authors: 0.1)"""
     clip_grad: float = 20.0
     """gradient-norm clipping (the authors use 20); 0: none"""
+    interlace_lr_mult: float = 1.0
+    """TIN: lr multiplier of the OffsetNet and WeightNet (the authors: 1)"""
     seed: int = 0
     """random seed of model initialisation and data generation"""
 
@@ -87,6 +89,12 @@ class DistConfig:
     """data parallelism: torch DDP or DeepSpeed ZeRO"""
     zero_stage: Literal[1, 2] = 2
     """DeepSpeed ZeRO stage"""
+    precision: Literal["auto", "bf16", "fp32"] = "auto"
+    """bf16 (autocast, fp32 weights) or fp32; auto: bf16 on GPU, fp32 on CPU"""
+    grad_accum: int = 1
+    """batches per optimizer step (the effective batch is batch_size x grad_accum x num_workers)"""
+    compile: bool = False
+    """torch.compile the model (the interlace op stays one graph node)"""
     max_failures: int = 2
     """worker-group restarts from the last checkpoint before the job fails"""
 
@@ -127,12 +135,14 @@ class JobConfig:
             (o.weight_decay >= 0, "weight_decay", ">= 0"),
             (0 <= d.max_bad_fraction <= 1, "max_bad_fraction", "in [0, 1]"),
             (d.decoders >= 1, "decoders", ">= 1"),
+            (w.grad_accum >= 1, "grad_accum", ">= 1"),
             (m.groups >= 1, "groups", ">= 1"),
             (m.shift_div >= 0, "shift_div", ">= 0"),
             (0 <= m.dropout < 1, "dropout", "in [0, 1)"),
             (m.fc_init_std >= 0, "fc_init_std", ">= 0"),
             (bool(d.crop_scales) and all(0 < s <= 1 for s in d.crop_scales), "crop_scales", "in (0, 1]"),
             (0 <= o.warmup_start <= 1, "warmup_start", "in [0, 1]"),
+            (o.interlace_lr_mult > 0, "interlace_lr_mult", "> 0"),
         ]
         for ok, name, expected in checks:
             if not ok:

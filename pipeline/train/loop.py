@@ -61,19 +61,34 @@ def all_gather(obj):
     return out
 
 
+def with_last(items):
+    """(item, is_last) for each item: the last batch of an epoch ends a gradient accumulation early."""
+    iterator = iter(items)
+    previous = next(iterator, _END)
+    for item in iterator:
+        yield previous, False
+        previous = item
+    if previous is not _END:
+        yield previous, True
+
+
+_END = object()
+
+
 def train_one_epoch(engine, shard, cfg: JobConfig, epoch: int, steps_per_epoch: int, device) -> dict:
     """One pass over this worker's shard. Bad clips stay in the batch with zero loss weight, so every rank takes the
     same number of steps (DDP and ZeRO synchronise on each)."""
-    engine.model.train()
+    engine.module.train()
     counter = BadVideoCounter()
     loss_sum, clips, steps, waited = 0.0, 0, 0, 0.0
     start = last = time.perf_counter()
     batch_size = cfg.optim.batch_size
-    for batch, labels, _, good in torch_batches(shard, batch_size, device, counter, 4 * batch_size):
+    batches = torch_batches(shard, batch_size, device, counter, 4 * batch_size)
+    for (batch, labels, _, good), final in with_last(batches):
         waited += time.perf_counter() - last
         engine.set_lr(lr_factor(cfg, epoch + min(steps / steps_per_epoch, 1.0)))
         weights = good.float()
-        loss = (per_clip_loss(engine.model(batch), labels) * weights).sum() / weights.sum().clamp(min=1.0)
+        loss = (per_clip_loss(engine.forward(batch, final), labels) * weights).sum() / weights.sum().clamp(min=1.0)
         engine.step(loss)
         loss_sum += loss.item() * int(good.sum())
         clips += int(good.sum())
@@ -100,18 +115,17 @@ def validation_dataset(val_rows: list[dict], cfg: JobConfig, data: dict, rank: i
 
 
 @torch.no_grad()
-def evaluate(module, val_ds, num_val: int, cfg: JobConfig, num_classes: int, device) -> dict:
+def evaluate(engine, val_ds, num_val: int, cfg: JobConfig, num_classes: int, device) -> dict:
     """Scores for every validation video. Each rank scores its slice; the gathered predictions are checked to hold
     each of the `num_val` videos exactly once (bad ones counted, not scored)."""
-    module.eval()
+    engine.module.eval()
     indices, scores, targets = [], [], []
     counter = BadVideoCounter()
     if val_ds is not None:
         for batch, labels, index, good in torch_batches(val_ds, cfg.optim.batch_size, device, counter):
             if not bool(good.any()):
                 continue
-            logits = module(batch[good])
-            scores.append(logits.float().cpu().numpy())
+            scores.append(engine.infer(batch[good]).cpu().numpy())
             targets.append(labels[good].cpu().numpy())
             indices.append(index[good].cpu().numpy())
     local = (
@@ -171,7 +185,7 @@ def train_loop_per_worker(config: dict) -> None:
         started = time.perf_counter()
         train = all_gather(train_one_epoch(engine, shard, cfg, epoch, data["steps_per_epoch"], device))
         trained = time.perf_counter()
-        val = evaluate(engine.module, val_ds, len(data["val_rows"]), cfg, data["num_classes"], device)
+        val = evaluate(engine, val_ds, len(data["val_rows"]), cfg, data["num_classes"], device)
         validated = time.perf_counter()
         clips = sum(t["clips"] for t in train)
         seen = sum(t["seen"] for t in train) + val["seen"]

@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# The prepared GPU check (`make gpu-check`): build the op for this machine's torch, run the CUDA tests, then the GPU
+# benchmarks, whose figures go to benchmarks/RESULTS.md. Uses .venv where `make setup` made one; on a bare GPU
+# machine (no .venv, no package index) it uses the system python3 and its torch, plus any wheels carried in .whl/;
+# tests whose packages are missing there (Ray, MLflow, DeepSpeed) skip and say so.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export PYTHONUNBUFFERED=1
+if [ -x .venv/bin/python ]; then
+    PY=.venv/bin/python
+else
+    PY=python3
+    if [ -d .whl ]; then
+        "$PY" -m pip install -q --no-index --no-deps --no-compile --target /tmp/tin-site .whl/*.whl
+        export PYTHONPATH=/tmp/tin-site
+    fi
+    # Build the op against this machine's torch, in place (the checkout's copy of the extension is for another one).
+    TORCH_CUDA_ARCH_LIST="${TORCH_CUDA_ARCH_LIST:-9.0}" MAX_JOBS="${MAX_JOBS:-8}" "$PY" setup.py -q build_ext --inplace
+fi
+"$PY" -c "import torch, tin_core; assert torch.cuda.is_available(), 'no GPU'; print(tin_core.interlace_backends())"
+"$PY" -m pytest -q -p no:cacheprovider -o addopts="" tests/test_cuda.py tests/test_ops.py -rs
+"$PY" -m benchmarks.gpu

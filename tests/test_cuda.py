@@ -1,0 +1,145 @@
+"""The CUDA kernel on the device it targets: against the CPU kernel and the reference (output and all three
+gradients) in f32 / f64 / f16 / bf16, gradcheck, opcheck, non-contiguous inputs, large shapes, a non-default stream,
+and a TIN-R18 train step through Ray Train on one GPU (DDP and DeepSpeed, bf16). Skipped where there is no GPU."""
+
+from __future__ import annotations
+
+import itertools
+import os
+
+import pytest
+import torch
+
+from tin_core import interlace_backends, temporal_interlace, temporal_interlace_reference
+
+pytestmark = [
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU here"),
+    pytest.mark.gpu,
+]
+
+# Low precision against float32 on the same rounded inputs: a few roundings of 8 (bf16) or 11 (f16) mantissa bits.
+TOLERANCE = {
+    torch.float64: dict(atol=1e-12, rtol=1e-12),
+    torch.float32: dict(atol=1e-5, rtol=1e-5),
+    torch.float16: dict(atol=4e-3, rtol=4e-3),
+    torch.bfloat16: dict(atol=3e-2, rtol=3e-2),
+}
+
+
+def inputs(n, t, c, spatial, g, dtype, device, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, t, c, *spatial, generator=gen)
+    offsets = torch.rand(n, g, generator=gen) * 6 - 3
+    weights = torch.rand(n, t, g, generator=gen) * 2
+    return [v.to(device=device, dtype=dtype) for v in (x, offsets, weights)]
+
+
+def forward_and_grads(fn, x, offsets, weights, grad):
+    leaves = [v.detach().clone().requires_grad_(True) for v in (x, offsets, weights)]
+    out = fn(*leaves)
+    return (out, *torch.autograd.grad(out, leaves, grad))
+
+
+def test_cuda_kernel_is_registered():
+    assert interlace_backends()["cuda"], "the extension was built without its CUDA kernels"
+
+
+@pytest.mark.parametrize("dtype", list(TOLERANCE))
+@pytest.mark.parametrize("groups", [1, 4])
+def test_cuda_matches_cpu_kernel_and_reference(dtype, groups):
+    x, offsets, weights = inputs(2, 7, 4 * groups, (5, 6), groups, torch.float32, "cpu", seed=groups)
+    grad = torch.randn_like(x)
+    rounded = [v.to(dtype).float() for v in (x, offsets, weights, grad)]  # the inputs as `dtype` holds them
+    cpu = forward_and_grads(temporal_interlace, *rounded[:3], rounded[3])
+    reference = forward_and_grads(temporal_interlace_reference, *rounded[:3], rounded[3])
+    cuda = forward_and_grads(temporal_interlace, *(v.to(dtype).cuda() for v in (x, offsets, weights)),
+                             grad.to(dtype).cuda())  # fmt: skip
+    for got, want, want_ref in zip(cuda, cpu, reference, strict=True):
+        assert got.dtype == dtype and got.is_cuda
+        scale = want.abs().max().clamp(min=1.0)  # parameter gradients are sums over rows: compare relative to size
+        torch.testing.assert_close(got.cpu().float() / scale, want / scale, **TOLERANCE[dtype])
+        torch.testing.assert_close(want, want_ref, atol=1e-4, rtol=1e-4)
+
+
+def test_gradcheck_float64_on_cuda():
+    x, offsets, weights = inputs(2, 5, 4, (3, 2), 2, torch.float64, "cuda", seed=7)
+    offsets = offsets.floor() + 0.1 + 0.8 * torch.rand_like(offsets)  # away from the kinks at integers
+    args = [v.requires_grad_(True) for v in (x, offsets, weights)]
+    assert torch.autograd.gradcheck(temporal_interlace, args)
+
+
+def test_opcheck_on_cuda():
+    x, offsets, weights = inputs(2, 4, 4, (3,), 2, torch.float32, "cuda")
+    torch.library.opcheck(torch.ops.tin.interlace.default, (x.requires_grad_(), offsets.requires_grad_(), weights))
+    grad = torch.randn_like(x)
+    for input_grad, param_grads in itertools.product([True, False], repeat=2):
+        torch.library.opcheck(torch.ops.tin.interlace_backward.default,
+                              (grad, x.detach(), offsets.detach(), weights, input_grad, param_grads))  # fmt: skip
+
+
+def test_noncontiguous_inputs_on_cuda():
+    x = torch.randn(2, 3, 8, 5, 4, device="cuda").transpose(3, 4)
+    offsets = (torch.rand(4, 2, device="cuda") * 2 - 1).t()  # [2, 4], not contiguous
+    weights = torch.rand(2, 4, 3, device="cuda").transpose(1, 2)  # [2, 3, 4], not contiguous
+    torch.testing.assert_close(
+        temporal_interlace(x, offsets, weights), temporal_interlace_reference(x, offsets, weights)
+    )
+
+
+@pytest.mark.parametrize("shape", [(2, 32, 256, 56, 56), (2, 8, 2048, 14, 14), (1, 32, 2048, 7, 7)])
+def test_large_shapes_match_the_reference(shape):
+    n, t, c, h, w = shape
+    x, offsets, weights = inputs(n, t, c, (h, w), 4, torch.float32, "cuda", seed=sum(shape))
+    grad = torch.randn_like(x)
+    got = forward_and_grads(temporal_interlace, x, offsets, weights, grad)
+    want = forward_and_grads(temporal_interlace_reference, x, offsets, weights, grad)
+    for g, r in zip(got, want, strict=True):
+        scale = r.abs().max().clamp(min=1.0)
+        torch.testing.assert_close(g / scale, r / scale, atol=1e-5, rtol=1e-4)
+
+
+def test_runs_on_the_current_stream():
+    x, offsets, weights = inputs(2, 8, 64, (28, 28), 4, torch.float32, "cuda")
+    expected = temporal_interlace_reference(x, offsets, weights)
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        out = temporal_interlace(x, offsets, weights)
+        grads = torch.ops.tin.interlace_backward(torch.ones_like(x), x, offsets, weights)
+    torch.cuda.current_stream().wait_stream(stream)
+    torch.testing.assert_close(out, expected)
+    assert all(g.is_cuda for g in grads)
+
+
+# --- a TIN-R18 train step through Ray Train on one GPU ----------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def gpu_cluster(tmp_path_factory):
+    pytest.importorskip("ray.train", reason="Ray Train is not installed here")
+    pytest.importorskip("mlflow", reason="MLflow is not installed here")
+    from conftest import local_ray
+
+    with local_ray(tmp_path_factory.mktemp("ray"), num_cpus=4, num_gpus=1):
+        yield
+
+
+@pytest.mark.parametrize("strategy", ["ddp", "deepspeed"])
+def test_tin_r18_trains_in_bf16_on_one_gpu(gpu_cluster, tmp_path, strategy):
+    if strategy == "deepspeed":
+        pytest.importorskip("deepspeed", reason="DeepSpeed is not installed here")
+    from pipeline.data.synthetic import SyntheticSpec, generate_mmit
+    from pipeline.train.config import JobConfig
+    from pipeline.train.driver import run_training
+
+    root = generate_mmit(tmp_path / "mmit", SyntheticSpec(num_train=16, num_val=8, frames=12, size=64))
+    cfg = JobConfig().override(root=str(root), arch="tin", backbone="resnet18", num_segments=4, frame_size=56,
+                               epochs=1, batch_size=4, use_gpu=True, num_workers=1, strategy=strategy,
+                               decoders=2, storage=str(tmp_path / "runs"), name=f"gpu-{strategy}",
+                               mlflow_uri=f"sqlite:///{tmp_path}/mlflow.db", register_as=f"gpu-{strategy}")  # fmt: skip
+    assert cfg.dist.precision == "auto"  # bf16 on GPU
+    os.environ.setdefault("DS_ACCELERATOR", "cuda")
+    outcome = run_training(cfg)
+    assert 0 <= outcome.metrics["val_map"] <= 1 and outcome.metrics["val_videos"] == 8
+    state = torch.load(tmp_path / "runs" / f"gpu-{strategy}" / "epoch-0000" / "model.pt", weights_only=True)
+    assert all(v.dtype == torch.float32 for v in state.values() if v.is_floating_point())  # fp32 checkpoints
