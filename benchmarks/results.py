@@ -59,3 +59,28 @@ def _module() -> str:
     main = sys.modules["__main__"]
     spec = getattr(main, "__spec__", None)
     return spec.name if spec and spec.name else Path(sys.argv[0]).name
+
+
+def record_row(
+    section: str, header: str, label: str, row: str, command: str | None = None, at_commit: str | None = None
+) -> None:
+    """Add or replace the row `label` of the table in `section` (a table of runs, e.g. ablations), keeping the others;
+    each row carries its own date and commit."""
+    command = command or " ".join(["python -m", _module(), *sys.argv[1:]])
+    text = RESULTS.read_text() if RESULTS.exists() else HEADER
+    pattern = re.compile(rf"<!-- {re.escape(section)} -->.*?<!-- /{re.escape(section)} -->\n", re.S)
+    found = pattern.search(text)
+    rows = (
+        [line for line in found.group(0).splitlines() if line.startswith("| ") and not line.startswith("| run")]
+        if found
+        else []
+    )
+    rows = [r for r in rows if not r.startswith(f"| {label} |")]
+    rows.append(f"| {label} | {row} | {time.strftime('%Y-%m-%d')}, {at_commit or commit()}: `{command}` |")
+    columns = header.count("|") - 1
+    table = [header, "|" + "---|" * columns, *rows]
+    block = (
+        f"<!-- {section} -->\n## {section}\n\nMachine: {machine()}.\n\n" + "\n".join(table) + f"\n<!-- /{section} -->\n"
+    )
+    text = pattern.sub(lambda _: block, text) if found else text.rstrip() + "\n\n" + block
+    RESULTS.write_text(text)

@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 import torchvision
 
-from benchmarks.results import record
+from benchmarks.results import record, record_row
 from pipeline.data.annotations import read_mmit
 from pipeline.data.storage import DEFAULT_CACHE
 from pipeline.data.synthetic import SyntheticSpec, generate_mmit, temporal_class_pairs
@@ -273,6 +273,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--job-flags", default="", help="extra flags for every job run (an ablation), e.g. '--dropout 0.5'"
     )
+    parser.add_argument("--ablation", default="", help="record the runs as this row of the ablation table instead")
     parser.add_argument("--no-record", action="store_true", help="do not write benchmarks/RESULTS.md")
     args = parser.parse_args(argv)
     spec = dataclasses.replace(SPEC, num_train=args.num_train, num_val=args.num_val)
@@ -314,8 +315,18 @@ def main(argv: list[str] | None = None) -> None:
         ]
     )
     print(body + f"\n({time.perf_counter() - started:.0f} s)", flush=True)
-    if not args.no_record:
+    if args.no_record:
+        return
+    if args.ablation:
+        for name, r in rows.items():
+            cells = f"{name} | {r['samples_map']:.3f} | {r['class_map']:.3f} | {r['direction_accuracy']:.3f}"
+            record_row(ABLATIONS, ABLATION_HEADER, f"{args.ablation} ({name})", cells)
+    else:
         record("Temporal benchmark (TSN / TSM / TIN through the job)", body)
+
+
+ABLATIONS = "Temporal benchmark: ablations (one change at a time, through the job)"
+ABLATION_HEADER = "| run | arch | samples-mAP | class-mAP | direction accuracy | measured |"
 
 
 def targets_lines(rows: dict, ceiling: float) -> list[str]:

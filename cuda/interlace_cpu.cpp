@@ -51,7 +51,7 @@ void gather_span(const Taps<float>& taps, const scalar_t* row0, const scalar_t* 
 // Parallel over (sample, group, column chunk); each task runs through all frames of its chunk.
 template <typename scalar_t, typename TapsFn>
 void gather_rows(const scalar_t* src, scalar_t* dst, const InterlaceShape& shape, TapsFn taps_for) {
-  const int64_t frame_stride = shape.groups * shape.row;
+  const int64_t frame_stride = shape.frame_stride;
   const int64_t chunks = (shape.row + kChunk - 1) / kChunk;
   const int64_t tasks = shape.batch * shape.groups * chunks;
   const int64_t grain = std::max<int64_t>(1, kElementsPerTask / (kChunk * shape.frames));
@@ -74,8 +74,9 @@ void gather_rows(const scalar_t* src, scalar_t* dst, const InterlaceShape& shape
   });
 }
 
-at::Tensor interlace_cpu(const at::Tensor& x_in, const at::Tensor& offsets_in, const at::Tensor& weights_in) {
-  const InterlaceShape shape = check_interlace_inputs(x_in, offsets_in, weights_in);
+at::Tensor interlace_cpu(const at::Tensor& x_in, const at::Tensor& offsets_in, const at::Tensor& weights_in,
+                         int64_t channels) {
+  const InterlaceShape shape = check_interlace_inputs(x_in, offsets_in, weights_in, channels);
   const at::Tensor x = x_in.contiguous(), offsets = offsets_in.contiguous(), weights = weights_in.contiguous();
   at::Tensor out = at::empty_like(x);
   if (x.numel() == 0) return out;
@@ -91,14 +92,15 @@ at::Tensor interlace_cpu(const at::Tensor& x_in, const at::Tensor& offsets_in, c
       return forward_taps(t, shape.frames, shift, frac, weight);
     });
   });
+  copy_pass_through(x, out, shape);
   return out;
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> interlace_backward_cpu(const at::Tensor& grad_in, const at::Tensor& x_in,
                                                                       const at::Tensor& offsets_in,
-                                                                      const at::Tensor& weights_in, bool input_grad,
-                                                                      bool param_grads) {
-  const BackwardBuffers b = prepare_backward(grad_in, x_in, offsets_in, weights_in, input_grad, param_grads);
+                                                                      const at::Tensor& weights_in, int64_t channels,
+                                                                      bool input_grad, bool param_grads) {
+  const BackwardBuffers b = prepare_backward(grad_in, x_in, offsets_in, weights_in, channels, input_grad, param_grads);
   const InterlaceShape shape = b.shape;  // named locals: lambdas cannot capture structured bindings in C++17
   const at::Tensor &grad = b.grad, &x = b.x, &offsets = b.offsets, &weights = b.weights;
   const at::Tensor &grad_x = b.grad_x, &interp = b.interp, &diff = b.diff;
@@ -125,7 +127,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> interlace_backward_cpu(const at::
 
     acc_t* interp_out = interp.data_ptr<acc_t>();
     acc_t* diff_out = diff.data_ptr<acc_t>();
-    const int64_t frame_stride = shape.groups * shape.row;
+    const int64_t frame_stride = shape.frame_stride;
     const int64_t rows = shape.batch * shape.frames * shape.groups;
     at::parallel_for(0, rows, rows_per_task(shape), [&](int64_t begin, int64_t end) {
       for (int64_t r = begin; r < end; ++r) {  // r indexes [N, T, G]
@@ -155,11 +157,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> interlace_backward_cpu(const at::
 }  // namespace
 
 TORCH_LIBRARY(tin, m) {
-  m.def("interlace(Tensor x, Tensor offsets, Tensor weights) -> Tensor");
+  // channels: interlace channels [0, channels) of x, copy the rest (-1: all of them).
+  m.def("interlace(Tensor x, Tensor offsets, Tensor weights, int channels=-1) -> Tensor");
   // input_grad / param_grads: which gradients to compute; one not computed comes back as an empty tensor.
   m.def(
-      "interlace_backward(Tensor grad_out, Tensor x, Tensor offsets, Tensor weights, bool input_grad=True, "
-      "bool param_grads=True) -> (Tensor, Tensor, Tensor)");
+      "interlace_backward(Tensor grad_out, Tensor x, Tensor offsets, Tensor weights, int channels=-1, "
+      "bool input_grad=True, bool param_grads=True) -> (Tensor, Tensor, Tensor)");
 }
 
 TORCH_LIBRARY_IMPL(tin, CPU, m) {

@@ -32,13 +32,14 @@ __global__ void gather_kernel(const scalar_t* __restrict__ src, const scalar_t* 
                               const scalar_t* __restrict__ weights, scalar_t* __restrict__ dst, InterlaceShape shape,
                               int64_t total) {
   using acc_t = at::opmath_type<scalar_t>;
-  const int64_t frame_stride = shape.groups * shape.row;
+  const int64_t frame_stride = shape.frame_stride;
+  const int64_t frame_elements = shape.groups * shape.row;  // the interlaced elements of one frame
   for (int64_t idx = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; idx < total;
-       idx += int64_t(gridDim.x) * blockDim.x) {
+       idx += int64_t(gridDim.x) * blockDim.x) {  // idx runs over the interlaced elements only, [N, T, G, L]
     const int64_t i = idx % shape.row;
     const int64_t g = (idx / shape.row) % shape.groups;
-    const int64_t t = (idx / frame_stride) % shape.frames;
-    const int64_t n = idx / (frame_stride * shape.frames);
+    const int64_t t = (idx / frame_elements) % shape.frames;
+    const int64_t n = idx / (frame_elements * shape.frames);
     int64_t shift;
     acc_t frac;
     split_offset(static_cast<acc_t>(offsets[n * shape.groups + g]), shift, frac);
@@ -52,7 +53,8 @@ __global__ void gather_kernel(const scalar_t* __restrict__ src, const scalar_t* 
     const scalar_t* block = src + n * shape.frames * frame_stride + g * shape.row;
     const scalar_t* row0 = frame_row(block, taps.src0, taps.in0, frame_stride);
     const scalar_t* row1 = frame_row(block, taps.src1, taps.in1, frame_stride);
-    dst[idx] = static_cast<scalar_t>(gather_element(taps, row0, row1, i));
+    dst[(n * shape.frames + t) * frame_stride + g * shape.row + i] =
+        static_cast<scalar_t>(gather_element(taps, row0, row1, i));
   }
 }
 
@@ -69,7 +71,7 @@ __global__ void param_grad_kernel(const scalar_t* __restrict__ grad, const scala
   const int64_t g = r % shape.groups;
   const int64_t t = (r / shape.groups) % shape.frames;
   const int64_t n = r / (shape.groups * shape.frames);
-  const int64_t frame_stride = shape.groups * shape.row;
+  const int64_t frame_stride = shape.frame_stride;
   int64_t shift;
   acc_t frac;
   split_offset(static_cast<acc_t>(offsets[n * shape.groups + g]), shift, frac);
@@ -98,12 +100,13 @@ __global__ void param_grad_kernel(const scalar_t* __restrict__ grad, const scala
   }
 }
 
-at::Tensor interlace_cuda(const at::Tensor& x_in, const at::Tensor& offsets_in, const at::Tensor& weights_in) {
-  const InterlaceShape shape = check_interlace_inputs(x_in, offsets_in, weights_in);
+at::Tensor interlace_cuda(const at::Tensor& x_in, const at::Tensor& offsets_in, const at::Tensor& weights_in,
+                          int64_t channels) {
+  const InterlaceShape shape = check_interlace_inputs(x_in, offsets_in, weights_in, channels);
   const c10::cuda::CUDAGuard guard(x_in.device());
   const at::Tensor x = x_in.contiguous(), offsets = offsets_in.contiguous(), weights = weights_in.contiguous();
   at::Tensor out = at::empty_like(x);
-  const int64_t total = x.numel();
+  const int64_t total = shape.batch * shape.frames * shape.groups * shape.row;
   if (total == 0) return out;
   const auto stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "tin_interlace_cuda", [&] {
@@ -112,17 +115,19 @@ at::Tensor interlace_cuda(const at::Tensor& x_in, const at::Tensor& offsets_in, 
         shape, total);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
+  copy_pass_through(x, out, shape);
   return out;
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> interlace_backward_cuda(const at::Tensor& grad_in, const at::Tensor& x_in,
                                                                        const at::Tensor& offsets_in,
-                                                                       const at::Tensor& weights_in, bool input_grad,
-                                                                       bool param_grads) {
+                                                                       const at::Tensor& weights_in, int64_t channels,
+                                                                       bool input_grad, bool param_grads) {
   const c10::cuda::CUDAGuard guard(x_in.device());
-  const BackwardBuffers b = prepare_backward(grad_in, x_in, offsets_in, weights_in, input_grad, param_grads);
+  const BackwardBuffers b =
+      prepare_backward(grad_in, x_in, offsets_in, weights_in, channels, input_grad, param_grads);
   const InterlaceShape shape = b.shape;
-  const int64_t total = b.x.numel();
+  const int64_t total = shape.batch * shape.frames * shape.groups * shape.row;
   if (total > 0) {
     const auto stream = c10::cuda::getCurrentCUDAStream();
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, b.x.scalar_type(), "tin_interlace_backward_cuda", [&] {

@@ -1,4 +1,5 @@
-// Host-side pieces shared by the CPU and CUDA implementations: input checks and the last step of the backward pass.
+// Host-side pieces shared by the CPU and CUDA implementations: input checks, the pass-through copy and the
+// backward pass's set-up and last step.
 #pragma once
 
 #include <ATen/OpMathType.h>
@@ -13,23 +14,30 @@
 
 namespace tin {
 
-// x viewed as [N, T, G, L] with L = (C / G) * S: the unit the kernels iterate over.
+// x viewed as [N, T, C * S]: channels [0, channels) in G groups of L = (channels / G) * S elements per frame are
+// interlaced, the rest of each frame (the pass-through channels) is copied. The kernels iterate over [N, T, G, L].
 struct InterlaceShape {
   int64_t batch;
   int64_t frames;
   int64_t groups;
-  int64_t row;  // elements of one group in one frame
+  int64_t row;           // elements of one group in one frame
+  int64_t frame_stride;  // elements from one frame of a sample to the next: C * S
+  int64_t channels;      // interlaced channels
+  int64_t total_channels;
 };
 
 // A second line of defence: the Python wrapper already raises ValueError naming the shapes, but the op can be called
-// directly as torch.ops.tin.interlace, and a kernel must never read out of bounds.
-inline InterlaceShape check_interlace_inputs(const at::Tensor& x, const at::Tensor& offsets, const at::Tensor& weights) {
+// directly as torch.ops.tin.interlace, and a kernel must never read out of bounds. channels < 0: all of them.
+inline InterlaceShape check_interlace_inputs(const at::Tensor& x, const at::Tensor& offsets, const at::Tensor& weights,
+                                             int64_t channels) {
   TORCH_CHECK(x.dim() >= 3, "tin::interlace: x must be [N, T, C, *S], got ", x.sizes());
   TORCH_CHECK(offsets.dim() == 2, "tin::interlace: offsets must be [N, G], got ", offsets.sizes());
   TORCH_CHECK(weights.dim() == 3, "tin::interlace: weights must be [N, T, G], got ", weights.sizes());
   const int64_t n = x.size(0), t = x.size(1), c = x.size(2), g = offsets.size(1);
-  TORCH_CHECK(g >= 1 && c % g == 0, "tin::interlace: C=", c, " of x ", x.sizes(), " is not divisible by G=", g,
-              " of offsets ", offsets.sizes());
+  const int64_t moved = channels < 0 ? c : channels;
+  TORCH_CHECK(moved <= c, "tin::interlace: channels=", channels, " exceeds C=", c, " of x ", x.sizes());
+  TORCH_CHECK(g >= 1 && moved >= g && moved % g == 0, "tin::interlace: the ", moved, " interlaced channels of x ",
+              x.sizes(), " are not divisible by G=", g, " of offsets ", offsets.sizes());
   TORCH_CHECK(offsets.size(0) == n, "tin::interlace: offsets ", offsets.sizes(), " do not match the batch of x ",
               x.sizes());
   TORCH_CHECK(weights.size(0) == n && weights.size(1) == t && weights.size(2) == g, "tin::interlace: weights ",
@@ -40,7 +48,15 @@ inline InterlaceShape check_interlace_inputs(const at::Tensor& x, const at::Tens
               "tin::interlace: x, offsets and weights must be on one device");
   int64_t spatial = 1;
   for (int64_t d = 3; d < x.dim(); ++d) spatial *= x.size(d);
-  return InterlaceShape{n, t, g, (c / g) * spatial};
+  return InterlaceShape{n, t, g, (moved / g) * spatial, c * spatial, moved, c};
+}
+
+// dst's pass-through channels [channels, C) are src's (a plain copy: the forward's output, the backward's grad_x).
+inline void copy_pass_through(const at::Tensor& src, const at::Tensor& dst, const InterlaceShape& shape) {
+  if (shape.channels < shape.total_channels && src.numel() > 0) {
+    const int64_t rest = shape.total_channels - shape.channels;
+    dst.narrow(2, shape.channels, rest).copy_(src.narrow(2, shape.channels, rest));
+  }
 }
 
 // What both backward passes set up before their kernels run: checked shapes, contiguous inputs, the input gradient
@@ -55,8 +71,9 @@ struct BackwardBuffers {
 };
 
 inline BackwardBuffers prepare_backward(const at::Tensor& grad, const at::Tensor& x, const at::Tensor& offsets,
-                                        const at::Tensor& weights, bool input_grad, bool param_grads) {
-  const InterlaceShape shape = check_interlace_inputs(x, offsets, weights);
+                                        const at::Tensor& weights, int64_t channels, bool input_grad,
+                                        bool param_grads) {
+  const InterlaceShape shape = check_interlace_inputs(x, offsets, weights, channels);
   TORCH_CHECK(grad.sizes() == x.sizes(), "tin::interlace_backward: grad ", grad.sizes(), " != x ", x.sizes());
   TORCH_CHECK(grad.scalar_type() == x.scalar_type() && grad.device() == x.device(),
               "tin::interlace_backward: grad must have x's dtype and device");
@@ -72,6 +89,7 @@ inline BackwardBuffers prepare_backward(const at::Tensor& grad, const at::Tensor
 // The kernels leave, per (n, t, g), the row sums `interp` = d loss / d w and `diff` = d loss / d f / w (both in the
 // accumulation dtype). Offsets only move the fraction f, so d loss / d offset = sum over t of w * diff.
 inline std::tuple<at::Tensor, at::Tensor, at::Tensor> finish_backward(const BackwardBuffers& b) {
+  if (b.grad_x.numel() > 0) copy_pass_through(b.grad, b.grad_x, b.shape);
   if (!b.param_grads) {
     return {b.grad_x, at::empty({0}, b.offsets.options()), at::empty({0}, b.weights.options())};
   }

@@ -74,7 +74,7 @@ def test_opcheck_on_cuda():
     grad = torch.randn_like(x)
     for input_grad, param_grads in itertools.product([True, False], repeat=2):
         torch.library.opcheck(torch.ops.tin.interlace_backward.default,
-                              (grad, x.detach(), offsets.detach(), weights, input_grad, param_grads))  # fmt: skip
+                              (grad, x.detach(), offsets.detach(), weights, 2, input_grad, param_grads))  # fmt: skip
 
 
 def test_noncontiguous_inputs_on_cuda():

@@ -78,12 +78,37 @@ def test_opcheck():
     torch.library.opcheck(torch.ops.tin.interlace.default, (x.detach(), offsets.detach(), weights.detach()))
 
 
+@pytest.mark.parametrize("channels", [4, 8, 12])
+def test_interlacing_a_prefix_of_the_channels_copies_the_rest(channels):
+    """channels=M: the first M channels are interlaced in G groups, the others pass through, values and gradients."""
+    x, offsets, weights = random_inputs(2, 5, 16, (3, 2), 4, torch.float64, seed=channels, requires_grad=True)
+    grad = torch.randn_like(x)
+    got = temporal_interlace(x, offsets, weights, channels=channels)
+    want = torch.cat([temporal_interlace(x[:, :, :channels], offsets, weights), x[:, :, channels:]], dim=2)
+    torch.testing.assert_close(got, want, atol=0, rtol=0)
+    torch.testing.assert_close(got, temporal_interlace_reference(x, offsets, weights, channels=channels))
+    for a, b in zip(torch.autograd.grad(got, (x, offsets, weights), grad),
+                    torch.autograd.grad(want, (x, offsets, weights), grad), strict=True):  # fmt: skip
+        torch.testing.assert_close(a, b, atol=1e-12, rtol=1e-12)
+    torch.library.opcheck(torch.ops.tin.interlace.default, (x, offsets, weights, channels))
+    assert torch.autograd.gradcheck(lambda *a: temporal_interlace(*a, channels=channels), (x, offsets, weights))
+
+
+@pytest.mark.parametrize("channels, fragment", [(20, "exceeds"), (6, "not divisible"), (2, "not divisible")])
+def test_bad_channel_counts_are_refused(channels, fragment):
+    x, offsets, weights = random_inputs(1, 3, 16, (2,), 4, torch.float32)
+    with pytest.raises(ValueError, match=fragment):
+        temporal_interlace(x, offsets, weights, channels=channels)
+    with pytest.raises(RuntimeError, match=fragment):
+        torch.ops.tin.interlace(x, offsets, weights, channels)
+
+
 def test_opcheck_backward_with_and_without_each_gradient():
     x, offsets, weights = random_inputs(2, 4, 4, (3,), 2, torch.float64)
     grad = torch.randn_like(x)
     for input_grad, param_grads in itertools.product([True, False], repeat=2):
         torch.library.opcheck(
-            torch.ops.tin.interlace_backward.default, (grad, x, offsets, weights, input_grad, param_grads)
+            torch.ops.tin.interlace_backward.default, (grad, x, offsets, weights, 2, input_grad, param_grads)
         )
 
 
@@ -91,8 +116,8 @@ def test_backward_computes_only_what_is_asked():
     x, offsets, weights = random_inputs(2, 5, 4, (3,), 2, torch.float64)
     grad = torch.randn_like(x)
     full = torch.ops.tin.interlace_backward(grad, x, offsets, weights)
-    no_input = torch.ops.tin.interlace_backward(grad, x, offsets, weights, False, True)
-    no_params = torch.ops.tin.interlace_backward(grad, x, offsets, weights, True, False)
+    no_input = torch.ops.tin.interlace_backward(grad, x, offsets, weights, -1, False, True)
+    no_params = torch.ops.tin.interlace_backward(grad, x, offsets, weights, -1, True, False)
     assert no_input[0].numel() == 0 and no_params[1].numel() == 0 and no_params[2].numel() == 0
     torch.testing.assert_close(no_input[1:], full[1:], atol=0, rtol=0)
     torch.testing.assert_close(no_params[0], full[0], atol=0, rtol=0)

@@ -99,18 +99,15 @@ class TemporalInterlace(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         nt, c, h, w = x.shape
-        n = nt // self.num_segments
-        # split, not two slices: its backward is one concatenation, where each slice's would zero-fill a whole tensor
-        moved, rest = x.split([self.fold, c - self.fold], dim=1)
-        moved = moved.reshape(n, self.num_segments, self.fold, h, w)  # [N, T, fold, H, W]
-        z = moved.mean(dim=(3, 4)).transpose(1, 2)  # [N, fold, T]
+        clip = x.view(nt // self.num_segments, self.num_segments, c, h, w)  # [N, T, C, H, W]
+        z = clip[:, :, : self.fold].mean(dim=(3, 4)).transpose(1, 2)  # [N, fold, T]
         offsets = self.offset_net(z)  # [N, groups]
         weights = self.weight_net(z)  # [N, T, groups]
         if self.reverse:
             offsets = torch.cat([offsets, -offsets], dim=1)
             weights = torch.cat([weights, weights], dim=2)
-        interlaced = temporal_interlace(moved, offsets, weights).reshape(nt, self.fold, h, w)
-        return torch.cat([interlaced, rest], dim=1)
+        # One pass: the first `fold` channels interlaced, the rest copied (no split, copy and concatenation).
+        return temporal_interlace(clip, offsets, weights, channels=self.fold).view(nt, c, h, w)
 
     def extra_repr(self) -> str:
         return f"num_segments={self.num_segments}, fold={self.fold}, reverse={self.reverse}"

@@ -33,14 +33,16 @@ _COMPILED_DEVICES = frozenset(device for device, present in interlace_backends()
 _warned_fallback: set[str] = set()
 
 
-def _check_fake_shapes(x: torch.Tensor, offsets: torch.Tensor, weights: torch.Tensor) -> None:
+def _check_fake_shapes(x: torch.Tensor, offsets: torch.Tensor, weights: torch.Tensor, channels: int) -> None:
     """The kernels' input checks, for tracing (symbolic shapes): torch._check records them as guards."""
     torch._check(
         x.dim() >= 3 and offsets.dim() == 2 and weights.dim() == 3,
         lambda: "x [N, T, C, *S], offsets [N, G], weights [N, T, G]",
     )
     n, t, c, g = x.shape[0], x.shape[1], x.shape[2], offsets.shape[1]
-    torch._check(g >= 1 and c % g == 0, lambda: f"channels C={c} are not divisible by groups G={g}")
+    moved = c if channels < 0 else channels
+    torch._check(moved <= c, lambda: f"channels={channels} exceeds C={c}")
+    torch._check(g >= 1 and moved >= g and moved % g == 0, lambda: f"{moved} channels are not divisible by G={g}")
     torch._check(offsets.shape[0] == n and weights.shape[0] == n, lambda: f"batch sizes differ (N={n} in x)")
     torch._check(
         weights.shape[1] == t and weights.shape[2] == g, lambda: f"weights must be [N, T, G] = [{n}, {t}, {g}]"
@@ -53,9 +55,9 @@ def _check_fake_shapes(x: torch.Tensor, offsets: torch.Tensor, weights: torch.Te
 if _IMPORT_ERROR is None:
 
     @torch.library.register_fake("tin::interlace")
-    def _interlace_fake(x: torch.Tensor, offsets: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-        _check_fake_shapes(x, offsets, weights)
-        return torch.empty_like(x)
+    def _interlace_fake(x: torch.Tensor, offsets: torch.Tensor, weights: torch.Tensor, channels: int = -1):
+        _check_fake_shapes(x, offsets, weights, channels)
+        return torch.empty_like(x, memory_format=torch.contiguous_format)
 
     @torch.library.register_fake("tin::interlace_backward")
     def _interlace_backward_fake(
@@ -63,51 +65,59 @@ if _IMPORT_ERROR is None:
         x: torch.Tensor,
         offsets: torch.Tensor,
         weights: torch.Tensor,
+        channels: int = -1,
         input_grad: bool = True,
         param_grads: bool = True,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        _check_fake_shapes(x, offsets, weights)
+        _check_fake_shapes(x, offsets, weights, channels)
         torch._check(grad.shape == x.shape, lambda: f"grad {tuple(grad.shape)} != x {tuple(x.shape)}")
-        grad_x = torch.empty_like(x) if input_grad else x.new_empty(0)
+        grad_x = torch.empty_like(x, memory_format=torch.contiguous_format) if input_grad else x.new_empty(0)
         if not param_grads:
             return grad_x, offsets.new_empty(0), weights.new_empty(0)
         return grad_x, torch.empty_like(offsets), torch.empty_like(weights)
 
     def _setup_context(ctx, inputs, output) -> None:
-        x, offsets, weights = inputs
+        x, offsets, weights, channels = inputs
         ctx.save_for_backward(x, offsets, weights)
+        ctx.channels = channels
 
     def _backward(ctx, grad: torch.Tensor):
         """Only the gradients autograd asks for are computed: a frozen TIN module skips the parameter gradients, a
         first layer without an input gradient skips the input gradient."""
         x, offsets, weights = ctx.saved_tensors
-        need_x, need_offsets, need_weights = ctx.needs_input_grad
+        need_x, need_offsets, need_weights = ctx.needs_input_grad[:3]
         grad_x, grad_offsets, grad_weights = torch.ops.tin.interlace_backward(
-            grad, x, offsets, weights, need_x, need_offsets or need_weights
+            grad, x, offsets, weights, ctx.channels, need_x, need_offsets or need_weights
         )
         return (
             grad_x if need_x else None,
             grad_offsets if need_offsets else None,
             grad_weights if need_weights else None,
+            None,
         )
 
     torch.library.register_autograd("tin::interlace", _backward, setup_context=_setup_context)
 
 
-def _check_interlace_shapes(x: torch.Tensor, offsets: torch.Tensor, weights: torch.Tensor) -> None:
-    problem = _interlace_shape_problem(x, offsets, weights)
+def _check_interlace_shapes(x: torch.Tensor, offsets: torch.Tensor, weights: torch.Tensor, channels: int) -> None:
+    problem = _interlace_shape_problem(x, offsets, weights, channels)
     if problem:
         shapes = f"x {tuple(x.shape)}, offsets {tuple(offsets.shape)}, weights {tuple(weights.shape)}"
         raise ValueError(f"temporal_interlace: {problem}; got {shapes}")
 
 
-def _interlace_shape_problem(x: torch.Tensor, offsets: torch.Tensor, weights: torch.Tensor) -> str | None:
+def _interlace_shape_problem(
+    x: torch.Tensor, offsets: torch.Tensor, weights: torch.Tensor, channels: int
+) -> str | None:
     if x.dim() < 3 or offsets.dim() != 2 or weights.dim() != 3:
         return "expects x [N, T, C, *S], offsets [N, G], weights [N, T, G]"
     n, t, c = x.shape[:3]
     g = offsets.shape[1]
-    if g < 1 or c % g != 0:
-        return f"channels C={c} are not divisible by groups G={g}"
+    moved = c if channels < 0 else channels
+    if moved > c:
+        return f"channels={channels} exceeds C={c}"
+    if g < 1 or moved < g or moved % g != 0:
+        return f"channels C={moved} are not divisible by groups G={g}"
     if offsets.shape[0] != n or weights.shape[0] != n:
         return f"batch sizes differ (N={n} in x)"
     if weights.shape[1] != t or weights.shape[2] != g:
@@ -117,22 +127,27 @@ def _interlace_shape_problem(x: torch.Tensor, offsets: torch.Tensor, weights: to
     return None
 
 
-def temporal_interlace(x: torch.Tensor, offsets: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+def temporal_interlace(
+    x: torch.Tensor, offsets: torch.Tensor, weights: torch.Tensor, channels: int | None = None
+) -> torch.Tensor:
     """Shift channel groups along time by fractional offsets, interpolating linearly, and weight each output frame.
 
-    x: [N, T, C, *S]; offsets: [N, G]; weights: [N, T, G]. Group g is channels [g*C/G, (g+1)*C/G). With b the
-    group's offset, k = floor(b) and f = b - k:
+    x: [N, T, C, *S]; offsets: [N, G]; weights: [N, T, G]. The first `channels` channels (default: all) are split into
+    G groups, group g being channels [g*M, (g+1)*M) with M = channels/G; the other channels are copied as they are.
+    With b the group's offset, k = floor(b) and f = b - k:
 
         out[n, t, c] = weights[n, t, g] * ((1 - f) * x[n, t - k, c] + f * x[n, t - k - 1, c])
 
     and frames outside [0, T) read as zero, so a positive offset carries the past into the future. Differentiable in
-    x, offsets (through f) and weights. offsets and weights are computed in x's dtype.
+    x, offsets (through f) and weights. offsets and weights are computed in x's dtype. Interlacing a prefix of the
+    channels in place of a split, an interlace and a concatenation saves two passes over the tensor.
     """
-    _check_interlace_shapes(x, offsets, weights)
+    channels = -1 if channels is None else channels
+    _check_interlace_shapes(x, offsets, weights, channels)
     offsets = offsets.to(x.dtype)
     weights = weights.to(x.dtype)
     if x.device.type in _COMPILED_DEVICES:
-        return torch.ops.tin.interlace(x, offsets, weights)
+        return torch.ops.tin.interlace(x, offsets, weights, channels)
     if x.device.type not in _warned_fallback:
         _warned_fallback.add(x.device.type)
         why = f"the extension failed to import ({_IMPORT_ERROR})" if _IMPORT_ERROR else "it was built without one"
@@ -142,16 +157,22 @@ def temporal_interlace(x: torch.Tensor, offsets: torch.Tensor, weights: torch.Te
             RuntimeWarning,
             stacklevel=2,
         )
-    return temporal_interlace_reference(x, offsets, weights)
+    return temporal_interlace_reference(x, offsets, weights, channels)
 
 
-def temporal_interlace_reference(x: torch.Tensor, offsets: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+def temporal_interlace_reference(
+    x: torch.Tensor, offsets: torch.Tensor, weights: torch.Tensor, channels: int | None = None
+) -> torch.Tensor:
     """Pure-PyTorch `temporal_interlace`: gathers the two source frames by index and masks those out of range.
 
     Written apart from the kernels on purpose (index gathers and autograd instead of taps and hand-written
     gradients), so that agreement between the two is evidence.
     """
-    _check_interlace_shapes(x, offsets, weights)
+    channels = -1 if channels is None else channels
+    _check_interlace_shapes(x, offsets, weights, channels)
+    if 0 <= channels < x.shape[2]:
+        moved = temporal_interlace_reference(x[:, :, :channels], offsets, weights)
+        return torch.cat([moved, x[:, :, channels:]], dim=2)
     n, t, c = x.shape[:3]
     g = offsets.shape[1]
     xg = x.reshape(n, t, g, c // g, -1)  # [N, T, G, C/G, S]
