@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import platform
 import re
+import shlex
 import subprocess
 import sys
 import time
@@ -45,20 +46,25 @@ def machine() -> str:
 
 def record(section: str, body: str, command: str | None = None) -> None:
     """Replace (or add) `section` of RESULTS.md with `body` under a stamp line."""
-    command = command or " ".join(["python -m", _module(), *sys.argv[1:]])
+    command = command or _command()
     stamp = f"{time.strftime('%Y-%m-%d')}, commit {commit()}, {machine()}; `{command}`"
     block = f"<!-- {section} -->\n## {section}\n\n{stamp}\n\n{body.rstrip()}\n<!-- /{section} -->\n"
     text = RESULTS.read_text() if RESULTS.exists() else HEADER
-    pattern = re.compile(rf"<!-- {re.escape(section)} -->.*?<!-- /{re.escape(section)} -->\n", re.S)
+    pattern = _section(section)
     text = pattern.sub(lambda _: block, text) if pattern.search(text) else text.rstrip() + "\n\n" + block
     RESULTS.write_text(text)
     print(f"recorded in {RESULTS}: {section}")
 
 
-def _module() -> str:
+def _command() -> str:
     main = sys.modules["__main__"]
     spec = getattr(main, "__spec__", None)
-    return spec.name if spec and spec.name else Path(sys.argv[0]).name
+    module = spec.name if spec and spec.name else Path(sys.argv[0]).name
+    return shlex.join(["python", "-m", module, *sys.argv[1:]])
+
+
+def _section(section: str) -> re.Pattern:
+    return re.compile(rf"<!-- {re.escape(section)} -->.*?<!-- /{re.escape(section)} -->\n", re.S)
 
 
 def record_row(
@@ -66,9 +72,9 @@ def record_row(
 ) -> None:
     """Add or replace the row `label` of the table in `section` (a table of runs, e.g. ablations), keeping the others;
     each row carries its own date and commit."""
-    command = command or " ".join(["python -m", _module(), *sys.argv[1:]])
+    command = command or _command()
     text = RESULTS.read_text() if RESULTS.exists() else HEADER
-    pattern = re.compile(rf"<!-- {re.escape(section)} -->.*?<!-- /{re.escape(section)} -->\n", re.S)
+    pattern = _section(section)
     found = pattern.search(text)
     rows = (
         [line for line in found.group(0).splitlines() if line.startswith("| ") and not line.startswith("| run")]

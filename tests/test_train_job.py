@@ -22,6 +22,7 @@ from pipeline.data.synthetic import SyntheticSpec, generate_mmit
 from pipeline.registry.tracking import log_and_register_model, start_run
 from pipeline.train.config import JobConfig, flat_values
 from pipeline.train.driver import run_training
+from pipeline.train.results import summary
 
 REPO = Path(__file__).resolve().parents[1]
 STABLE_METRICS = ["train_loss", "val_map", "val_map_classes", "clips_per_s", "data_wait_fraction"]
@@ -78,6 +79,9 @@ def test_ddp_two_workers_end_to_end(cluster, tiny_root, tmp_path):
     champion = client.get_model_version_by_alias("tiny-ddp", "champion")
     assert str(champion.version) == outcome.version == "1" and outcome.champion
     assert champion.run_id == outcome.run_id  # the model was logged to this run
+    # The summary ends with what the embedded default is there to show: time-reversed events beside appearance.
+    last = summary(outcome).splitlines()[-1]
+    assert last.startswith("time-reversed events: mAP") and "appearance classes: mAP" in last, last
 
     # Rerunning the same name resumes from its last checkpoint: only the new epoch is trained.
     more = run_training(cfg.override(epochs=3))

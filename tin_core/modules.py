@@ -19,6 +19,8 @@ from tin_core.ops import temporal_interlace, temporal_shift
 
 # The authors' code starts every offset at 0.5 frames (fc2's bias at logit(0.625) = 0.5108 with the code's range).
 AUTHORS_OFFSET_INIT = 0.5
+# Offsets of one frame: every group reads its neighbour frame whole, as TSM's shift does (the models' default).
+TSM_OFFSET_INIT = 1.0
 
 
 class OffsetNet(nn.Module):

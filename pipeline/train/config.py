@@ -65,8 +65,8 @@ class OptimConfig:
     """epochs where the step schedule divides the lr by 10"""
     warmup_epochs: float = 1.0
     """linear warmup length in epochs"""
-    warmup_start: float = 0.0
-    """the lr at the warmup's start, as a fraction of --lr (the authors: 0.1)"""
+    warmup_start: float = 0.1
+    """the lr at the warmup's start, as a fraction of --lr (0.1 as the authors)"""
     clip_grad: float = 20.0
     """gradient-norm clipping (the authors use 20); 0: none"""
     interlace_lr_mult: float = 1.0

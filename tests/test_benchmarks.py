@@ -1,0 +1,47 @@
+"""The benchmarks' own arithmetic and their results file (the runs themselves are the benchmarks' job)."""
+
+import numpy as np
+import pytest
+
+from benchmarks import results
+from benchmarks.temporal import scores_report, time_blind_ceiling
+
+# The synthetic events' five time-reversed pairs (classes 0/1 ... 8/9) and one clip per labelled direction.
+TARGETS = np.eye(10, dtype=np.float32)
+
+
+def test_a_model_that_knows_time_scores_perfectly():
+    report = scores_report(TARGETS + 0.0, TARGETS)
+    assert report["samples_map"] == report["reversed_map"] == report["direction_accuracy"] == 1.0
+
+
+def test_a_time_blind_model_guesses_directions():
+    blind = np.repeat(TARGETS.reshape(10, 5, 2).sum(axis=2), 2, axis=1)  # both directions of the shown pair
+    blind[:, ::2] += 1e-3  # always "forward"
+    assert scores_report(blind, TARGETS)["direction_accuracy"] == 0.5
+    assert time_blind_ceiling(TARGETS) == pytest.approx(0.75, abs=0.05)  # the right class first half the time
+
+
+@pytest.fixture
+def results_file(tmp_path, monkeypatch):
+    monkeypatch.setattr(results, "RESULTS", tmp_path / "RESULTS.md")
+    return tmp_path / "RESULTS.md"
+
+
+def test_sections_are_replaced_not_repeated(results_file):
+    results.record("op", "first", command="python -m benchmarks.op")
+    results.record("data", "kept", command="python -m benchmarks.data")
+    results.record("op", "second", command="python -m benchmarks.op")
+    text = results_file.read_text()
+    assert text.count("## op") == 1 and "second" in text and "first" not in text and "kept" in text
+    assert "`python -m benchmarks.op`" in text and "commit " in text
+
+
+def test_table_rows_are_kept_and_replaced_by_label(results_file):
+    header = "| run | value | measured |"
+    results.record_row("ablations", header, "a", "1", command="c", at_commit="abc")
+    results.record_row("ablations", header, "b", "2", command="c", at_commit="abc")
+    results.record_row("ablations", header, "a", "3", command="c", at_commit="def")
+    rows = [line for line in results_file.read_text().splitlines() if line.startswith("| a") or line.startswith("| b")]
+    assert len(rows) == 2 and rows[0].startswith("| b | 2 |") and rows[1].startswith("| a | 3 |")
+    assert "def" in rows[1]
