@@ -147,11 +147,8 @@ def test_tsn_ignores_frame_order_but_tin_does_not():
         assert same == order_blind, arch
 
 
-def test_head_initialisation_and_consensus():
-    model = tiny("tsn", num_classes=7)
-    assert model.fc.bias.abs().sum() == 0
-    assert 0.0005 < model.fc.weight.std().item() < 0.002
-    model.eval()
+def test_consensus_is_the_mean_of_frame_logits():
+    model = tiny("tsn", num_classes=7).eval()
     clips = torch.randn(2, T, 3, 32, 32)
     per_frame = model.fc(model.backbone(clips.flatten(0, 1))).view(2, T, 7)
     torch.testing.assert_close(model(clips), per_frame.mean(1))
