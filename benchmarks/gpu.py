@@ -17,15 +17,9 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
+from benchmarks.op import LINES, out
 from benchmarks.results import record
 from tin_core import ModelConfig, interlace_backends, temporal_interlace, temporal_interlace_reference
-
-LINES: list[str] = []
-
-
-def out(text: str) -> None:
-    print(text, flush=True)
-    LINES.append(text)
 
 
 def cuda_times(candidates: dict[str, Callable[[], object]], repeats: int, warmup: int = 3) -> dict[str, float]:

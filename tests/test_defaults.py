@@ -16,7 +16,7 @@ AUTHORS = Path(__file__).resolve().parents[1] / "jobs" / "configs" / "mmit_tin_r
 
 
 def test_head_has_no_dropout_by_default():
-    # Dropout before the fc regularises fine-tuning; from scratch it slowed every arch on the temporal benchmark.
+    # Dropout before the fc regularises fine-tuning; from scratch it slows learning (the ablations in RESULTS.md).
     assert ModelConfig().dropout == 0.0 and JobConfig().model.dropout == 0.0
 
 
@@ -34,8 +34,8 @@ def backbone_grad_norm(fc_init_std: float) -> float:
 
 
 def test_a_small_fc_init_starves_a_random_backbone():
-    # Every gradient reaching the backbone passes through the fc's weights: drawn from N(0, 0.001) they are about 25x
-    # smaller than torch's default init for 512 features, and so is what the backbone learns from at the start.
+    # Every gradient reaching the backbone passes through the fc's weights: drawn from N(0, 0.001) they are far
+    # smaller than torch's default init (bound 1/sqrt(features)), and so is what the backbone learns from at first.
     assert backbone_grad_norm(0.0) > 10 * backbone_grad_norm(0.001)
 
 
