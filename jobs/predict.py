@@ -3,7 +3,8 @@
     python jobs/predict.py video.mp4 other.mp4
     python jobs/predict.py --model models:/tin-mmit/3 --top-k 3 --mlflow-uri http://mlflow:5000 s3://bucket/clip.mp4
 
-Each video prints as one line of its top-k labels and probabilities.
+Each video prints as one line of its top-k labels and probabilities (or why it could not be decoded; the exit
+status is then 1). For many videos, use jobs/batch_predict.py.
 """
 
 from __future__ import annotations
@@ -29,9 +30,11 @@ def main(argv: list[str] | None = None) -> int:
     from pipeline.registry.tracking import tracking_uri
 
     mlflow.set_tracking_uri(tracking_uri(args.mlflow_uri))
-    for video, top in zip(args.videos, predict_top_k(args.model, args.videos, args.top_k), strict=True):
-        print(video + ": " + ", ".join(f"{name} {p:.3f}" for name, p in top))
-    return 0
+    failed = 0
+    for video, top, error in predict_top_k(args.model, args.videos, args.top_k):
+        failed += error is not None
+        print(f"{video}: " + (f"not decoded ({error})" if error else ", ".join(f"{name} {p:.3f}" for name, p in top)))
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

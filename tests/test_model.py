@@ -89,12 +89,11 @@ def test_paper_offset_range_option():
         OffsetNet(16, 8, offset_range="wide")
 
 
-def test_tin_started_at_offset_one_is_tsm():
-    """offset_init=1 with zeroed OffsetNet/WeightNet weights: every + group reads frame t-1, every - group frame t+1,
-    exactly TSM's shift of C/8 channels each way (TIN's shift_div 4 moves C/4 in all)."""
-    module = TemporalInterlace(64, T, offset_init=1.0)
-    zero_init_interlace(module)
-    x = torch.randn(2 * T, 64, 3, 3)
+def test_tin_started_at_offset_one_with_zero_init_is_tsm():
+    """offset_init=1 and zero_init: every + group reads frame t-1, every - group frame t+1, for any input, exactly
+    TSM's shift of C/8 channels each way (TIN's shift_div 4 moves C/4 in all)."""
+    module = TemporalInterlace(64, T, offset_init=1.0, zero_init=True)
+    x = 3 * torch.randn(2 * T, 64, 3, 3)
     out = module(x).view(2, T, 64, 3, 3)
     clip = x.view(2, T, 64, 3, 3)
     expected = torch.zeros_like(clip)

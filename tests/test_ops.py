@@ -265,19 +265,32 @@ def test_torch_compile_fullgraph_sees_one_op():
     assert x.grad is not None and offsets.grad is not None and weights.grad is not None
 
 
-def test_reference_fallback_warns_once_without_extension():
-    """Where the extension is missing, the op falls back to the reference with one warning."""
-    code = (
-        "import sys, warnings, torch; sys.modules['tin_ops'] = None\n"
-        "from tin_core import temporal_interlace, interlace_backends\n"
-        "assert interlace_backends() == {'cpu': False, 'cuda': False}\n"
-        "with warnings.catch_warnings(record=True) as w:\n"
-        "    warnings.simplefilter('always')\n"
-        "    for _ in range(3): temporal_interlace(torch.randn(1, 4, 2, 3), torch.rand(1, 2), torch.ones(1, 4, 2))\n"
-        "print(sum('reference' in str(x.message) for x in w))\n"
-    )
+FALLBACK = (
+    "import logging, sys, warnings, torch\n"
+    "logging.basicConfig(level=logging.INFO)\n"
+    "from tin_core import temporal_interlace, interlace_backends\n"
+    "assert interlace_backends() == {'cpu': False, 'cuda': False}\n"
+    "with warnings.catch_warnings(record=True) as w:\n"
+    "    warnings.simplefilter('always')\n"
+    "    for _ in range(3): temporal_interlace(torch.randn(1, 4, 2, 3), torch.rand(1, 2), torch.ones(1, 4, 2))\n"
+    "print(sum('reference' in str(x.message) for x in w))\n"
+)
+
+
+def test_reference_fallback_without_extension_logs_once_and_does_not_warn():
+    """A registered model's consumer has tin_core without the extension: the reference serves, said once in the log,
+    with no warning that would ask them to build a repository they do not have."""
+    code = "import sys; sys.modules['tin_ops'] = None\n" + FALLBACK
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert result.stdout.strip() == "1"
+    assert result.stdout.strip() == "0"
+    assert result.stderr.count("tin_ops extension is not installed") == 1, result.stderr
+
+
+def test_reference_fallback_warns_once_when_the_extension_is_broken(tmp_path):
+    (tmp_path / "tin_ops.py").write_text("raise ImportError('undefined symbol: _ZN3c10')\n")
+    code = f"import sys; sys.path.insert(0, {str(tmp_path)!r})\n" + FALLBACK
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "1", result.stderr
 
 
 def test_all_offsets_and_frames_combinations_small():

@@ -3,8 +3,9 @@
 No Ray, MLflow or distributed code lives here; `pipeline/` wraps these pieces for training.
 """
 
+import importlib
+
 from tin_core.flops import complexity, complexity_report
-from tin_core.metrics import ap_per_class, classification_metrics, map_over_classes, map_over_videos, top_k_accuracy
 from tin_core.model import (
     ARCHS,
     BACKBONES,
@@ -17,6 +18,16 @@ from tin_core.model import (
 from tin_core.modules import OffsetNet, TemporalInterlace, TemporalShift, WeightNet
 from tin_core.ops import interlace_backends, temporal_interlace, temporal_interlace_reference, temporal_shift
 from tin_core.optim import optim_param_groups
+
+# The metrics load scikit-learn on first use: the registered model ships tin_core and needs only torch to run.
+_METRICS = ("ap_per_class", "classification_metrics", "map_over_classes", "map_over_videos", "top_k_accuracy")
+
+
+def __getattr__(name: str):
+    if name in _METRICS:
+        return getattr(importlib.import_module("tin_core.metrics"), name)
+    raise AttributeError(f"module 'tin_core' has no attribute {name!r}")
+
 
 __all__ = [
     "ARCHS",

@@ -126,6 +126,7 @@ def build_model(
     offset_range: str = "code",
     fc_init_std: float = 0.0,
     offset_init: float = TSM_OFFSET_INIT,
+    interlace_zero_init: bool = False,
 ) -> VideoClassifier:
     """Build a TSN, TSM or TIN classifier.
 
@@ -136,7 +137,8 @@ def build_model(
     groups, reverse, offset_range, offset_init: TIN only; the authors' setting is 2 learned groups plus their
         reverses, with offsets in (-2, 2) ("code"; "paper" uses the paper's (-T/2, T/2)). The offsets start at 1
         frame, where TIN begins as TSM's shift (from scratch that learns faster); the authors start at 0.5 frames,
-        fine-tuning from TSM weights.
+        fine-tuning from TSM weights. `interlace_zero_init` zeroes the last layers of OffsetNet and WeightNet, so that
+        every clip starts exactly at offset_init with weights 1 (the authors: torch's random init).
     dropout, fc_init_std: the head. The defaults (no dropout, torch's default fc init) suit training from scratch; the
         authors fine-tune an ImageNet backbone with dropout 0.5-0.8 and an fc drawn from N(0, 0.001) with zero bias.
     """
@@ -156,7 +158,7 @@ def build_model(
         _insert_temporal_modules(
             net,
             lambda channels: TemporalInterlace(
-                channels, num_segments, shift_div, groups, reverse, offset_range, offset_init
+                channels, num_segments, shift_div, groups, reverse, offset_range, offset_init, interlace_zero_init
             ),
         )
     return VideoClassifier(net, num_classes, num_segments, dropout, partial_bn, fc_init_std)
@@ -191,6 +193,8 @@ class ModelConfig:
     """the new fc's weights start as N(0, std) (the authors' 0.001, for fine-tuning); 0: torch's default init"""
     offset_init: float = TSM_OFFSET_INIT
     """TIN: where the offsets start, in frames (1.0 starts as TSM's shift; the authors: 0.5, from TSM weights)"""
+    interlace_zero_init: bool = False
+    """TIN: OffsetNet's and WeightNet's last layers start at zero, so every clip starts at offset_init, weights 1"""
 
     def build(self, num_classes: int) -> VideoClassifier:
         return build_model(
@@ -207,6 +211,7 @@ class ModelConfig:
             offset_range=self.offset_range,
             fc_init_std=self.fc_init_std,
             offset_init=self.offset_init,
+            interlace_zero_init=self.interlace_zero_init,
         )
 
     def to_dict(self) -> dict:

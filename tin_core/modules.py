@@ -26,7 +26,8 @@ TSM_OFFSET_INIT = 1.0
 class OffsetNet(nn.Module):
     """Per-clip offsets of the learned groups from the temporal descriptor z [N, fold, T] -> [N, groups].
 
-    `offset_init` is where the offsets start (fc2's bias); it must lie inside the range, (-2, 2) or (-T/2, T/2)."""
+    `offset_init` is where the offsets start (fc2's bias); it must lie inside the range, (-2, 2) or (-T/2, T/2).
+    `zero_init` zeroes fc2's weights so that no clip starts elsewhere (the authors keep torch's random init)."""
 
     def __init__(
         self,
@@ -35,6 +36,7 @@ class OffsetNet(nn.Module):
         groups: int = 2,
         offset_range: str = "code",
         offset_init: float = AUTHORS_OFFSET_INIT,
+        zero_init: bool = False,
     ) -> None:
         super().__init__()
         if offset_range not in ("code", "paper"):
@@ -49,6 +51,8 @@ class OffsetNet(nn.Module):
         self.relu = nn.ReLU()
         self.fc2 = nn.Linear(num_segments, groups)
         nn.init.constant_(self.fc2.bias, math.log((0.5 + offset_init / self.scale) / (0.5 - offset_init / self.scale)))
+        if zero_init:  # every clip starts exactly at offset_init; fc2's weights learn first, then the layers below
+            nn.init.zeros_(self.fc2.weight)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         s = self.conv(z).squeeze(1)  # [N, T]
@@ -57,12 +61,17 @@ class OffsetNet(nn.Module):
 
 
 class WeightNet(nn.Module):
-    """Per-frame weights of the learned groups in (0, 2), from z [N, fold, T] -> [N, T, groups]."""
+    """Per-frame weights of the learned groups in (0, 2), from z [N, fold, T] -> [N, T, groups].
 
-    def __init__(self, channels: int, groups: int = 2) -> None:
+    The bias starts at 0, so weights start near 2 * sigmoid(0) = 1; `zero_init` zeroes the conv's weights too, so
+    that every frame of every clip starts at exactly 1 (the authors keep torch's random init)."""
+
+    def __init__(self, channels: int, groups: int = 2, zero_init: bool = False) -> None:
         super().__init__()
         self.conv = nn.Conv1d(channels, groups, kernel_size=3, padding=1)
-        nn.init.zeros_(self.conv.bias)  # weights start at 2 * sigmoid(0) = 1
+        nn.init.zeros_(self.conv.bias)
+        if zero_init:
+            nn.init.zeros_(self.conv.weight)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         return 2 * torch.sigmoid(self.conv(z)).transpose(1, 2)  # [N, T, groups]
@@ -85,6 +94,7 @@ class TemporalInterlace(nn.Module):
         reverse: bool = True,
         offset_range: str = "code",
         offset_init: float = AUTHORS_OFFSET_INIT,
+        zero_init: bool = False,
     ) -> None:
         super().__init__()
         self.num_segments = num_segments
@@ -96,8 +106,8 @@ class TemporalInterlace(nn.Module):
                 f"TemporalInterlace: {channels} channels // shift_div {shift_div} = {self.fold} interlaced channels, "
                 f"which {total_groups} groups (groups={groups}, reverse={reverse}) do not divide"
             )
-        self.offset_net = OffsetNet(self.fold, num_segments, groups, offset_range, offset_init)
-        self.weight_net = WeightNet(self.fold, groups)
+        self.offset_net = OffsetNet(self.fold, num_segments, groups, offset_range, offset_init, zero_init)
+        self.weight_net = WeightNet(self.fold, groups, zero_init)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         nt, c, h, w = x.shape

@@ -9,9 +9,12 @@ exists for the tensor's device.
 
 from __future__ import annotations
 
+import logging
 import warnings
 
 import torch
+
+logger = logging.getLogger(__name__)
 
 try:
     import tin_ops  # noqa: F401  (importing registers torch.ops.tin)
@@ -150,14 +153,19 @@ def temporal_interlace(
         return torch.ops.tin.interlace(x, offsets, weights, channels)
     if x.device.type not in _warned_fallback:
         _warned_fallback.add(x.device.type)
-        why = f"the extension failed to import ({_IMPORT_ERROR})" if _IMPORT_ERROR else "it was built without one"
-        warnings.warn(
-            f"tin_core: no compiled interlace kernel for {x.device.type} ({why}); using the slower PyTorch reference. "
-            "Build it with `pip install --no-build-isolation -e .`.",
-            RuntimeWarning,
-            stacklevel=2,
-        )
+        _fallback_notice(x.device.type)
     return temporal_interlace_reference(x, offsets, weights, channels)
+
+
+def _fallback_notice(device: str) -> None:
+    """Where the extension is absent (a registered model's consumer), say so in the log; where it is installed but
+    cannot serve the device or fails to load, warn: that is a broken build."""
+    if isinstance(_IMPORT_ERROR, ModuleNotFoundError) and _IMPORT_ERROR.name == "tin_ops":
+        logger.info("tin_core: the tin_ops extension is not installed; interlacing with the PyTorch reference")
+        return
+    why = f"the extension failed to import ({_IMPORT_ERROR})" if _IMPORT_ERROR else "it was built without one"
+    warnings.warn(f"tin_core: no compiled interlace kernel for {device} ({why}); using the slower PyTorch reference",
+                  RuntimeWarning, stacklevel=3)  # fmt: skip
 
 
 def temporal_interlace_reference(

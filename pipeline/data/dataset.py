@@ -15,6 +15,7 @@ import logging
 import math
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -61,6 +62,42 @@ def encode_labels(labels: list[int], num_classes: int, multi_label: bool) -> np.
     return np.int64(labels[0] if len(labels) else -1)
 
 
+def decode_or_skip(uri: str, decode: Callable[[], np.ndarray], shape: tuple[int, ...]) -> tuple[np.ndarray, int]:
+    """(decode(), 0), or (zeros of `shape`, reason code) for a video that cannot be decoded: logged with its path,
+    never raised. Storage that does not answer is retried with backoff for storage.RETRY_SECONDS, then raises
+    StorageUnavailable: an outage stops the job rather than being counted as bad videos."""
+    deadline = time.monotonic() + storage.RETRY_SECONDS
+    delay = 0.5
+    while True:
+        try:
+            return _decode_once(uri, decode, shape)
+        except Exception as e:
+            if not storage.is_unavailable(e):
+                raise
+            if time.monotonic() + delay > deadline:
+                raise storage.StorageUnavailable(
+                    f"storage did not answer for {storage.RETRY_SECONDS:g} s reading {uri}: {e}"
+                ) from e
+            logger.warning("storage unavailable reading %s (%s); retrying in %.1f s", uri, e, delay)
+            time.sleep(delay)
+            delay = min(delay * 2, 8.0)
+
+
+def _decode_once(uri: str, decode: Callable[[], np.ndarray], shape: tuple[int, ...]) -> tuple[np.ndarray, int]:
+    try:
+        return decode(), 0
+    except DecodeError as e:
+        if e.__cause__ is not None and storage.is_unavailable(e.__cause__):
+            raise e.__cause__ from e  # the store is away; the video may well be fine
+        logger.warning("skipping video %s: %s", uri, e.reason)
+        return np.zeros(shape, dtype=np.uint8), reason_code(e.reason)
+    except Exception as e:  # a decoder bug or odd file must not take the job down: skip and report it
+        if storage.is_unavailable(e):
+            raise
+        logger.warning("skipping video %s: %s: %s", uri, type(e).__name__, e)
+        return np.zeros(shape, dtype=np.uint8), reason_code("other")
+
+
 class ClipDecoder:
     """map_batches callable: decode, sample and transform one batch of manifest rows."""
 
@@ -73,41 +110,16 @@ class ClipDecoder:
         self.rng = np.random.default_rng()  # fresh entropy per call: new samples every epoch
 
     def decode(self, uri: str, rng: np.random.Generator | None = None) -> tuple[np.ndarray, int]:
-        """(clip, 0), or (zeros, reason code) for a video that cannot be decoded. Storage that does not answer is
-        retried with backoff for storage.RETRY_SECONDS, then raises StorageUnavailable: an outage stops the job
-        rather than being counted as bad videos."""
-        deadline = time.monotonic() + storage.RETRY_SECONDS
-        delay = 0.5
-        while True:
-            try:
-                return self._decode_once(uri, rng if rng is not None else self.rng)
-            except Exception as e:
-                if not storage.is_unavailable(e):
-                    raise
-                if time.monotonic() + delay > deadline:
-                    raise storage.StorageUnavailable(
-                        f"storage did not answer for {storage.RETRY_SECONDS:g} s reading {uri}: {e}"
-                    ) from e
-                logger.warning("storage unavailable reading %s (%s); retrying in %.1f s", uri, e, delay)
-                time.sleep(delay)
-                delay = min(delay * 2, 8.0)
+        """(clip, 0), or (zeros, reason code) for a video that cannot be decoded (see `decode_or_skip`)."""
+        rng = rng if rng is not None else self.rng
 
-    def _decode_once(self, uri: str, rng: np.random.Generator) -> tuple[np.ndarray, int]:
-        try:
+        def clip() -> np.ndarray:
             frames, _ = decode_clip(
                 uri, lambda n: segment_indices(n, self.spec.num_segments, self.mode, rng), self.spec.short_side
             )
-            return self.transform(frames, rng), 0
-        except DecodeError as e:
-            if e.__cause__ is not None and storage.is_unavailable(e.__cause__):
-                raise e.__cause__ from e  # the store is away; the video may well be fine
-            logger.warning("skipping video %s: %s", uri, e.reason)
-            return np.zeros(self.clip_shape, dtype=np.uint8), reason_code(e.reason)
-        except Exception as e:  # a decoder bug or odd file must not take the job down: skip and report it
-            if storage.is_unavailable(e):
-                raise
-            logger.warning("skipping video %s: %s: %s", uri, type(e).__name__, e)
-            return np.zeros(self.clip_shape, dtype=np.uint8), reason_code("other")
+            return self.transform(frames, rng)
+
+        return decode_or_skip(uri, clip, self.clip_shape)
 
     @property
     def clip_shape(self) -> tuple[int, int, int, int]:

@@ -10,10 +10,12 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from torchvision.transforms.v2 import functional as TF
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from tin_core.inputs import IMAGENET_MEAN, IMAGENET_STD, centre_crop_box, crop_and_fit, normalize
+
+__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "MULTI_SCALES", "ClipTransform", "centre_crop_box", "multi_scale_crop_box",
+           "normalize"]  # fmt: skip
+
 # TSM/TIN's GroupMultiScaleCrop: crop sides as fractions of the short side.
 MULTI_SCALES = (1.0, 0.875, 0.75, 0.66)
 
@@ -47,11 +49,6 @@ def multi_scale_crop_box(
     return top, left, crop_h, crop_w
 
 
-def centre_crop_box(height: int, width: int, crop_size: int) -> tuple[int, int, int, int]:
-    h, w = min(crop_size, height), min(crop_size, width)
-    return (height - h) // 2, (width - w) // 2, h, w
-
-
 @dataclass(frozen=True)
 class ClipTransform:
     """uint8 [T, H, W, 3] -> uint8 [T, crop_size, crop_size, 3].
@@ -67,23 +64,14 @@ class ClipTransform:
     scales: tuple[float, ...] = MULTI_SCALES
 
     def __call__(self, clip: np.ndarray, rng: np.random.Generator | None = None) -> np.ndarray:
-        frames, height, width, _ = clip.shape
+        _, height, width, _ = clip.shape
         if self.train:
             rng = rng if rng is not None else np.random.default_rng()
             top, left, h, w = multi_scale_crop_box(height, width, self.crop_size, rng, self.scales)
         else:
             top, left, h, w = centre_crop_box(height, width, self.crop_size)
-        cropped = torch.from_numpy(np.ascontiguousarray(clip[:, top : top + h, left : left + w])).permute(0, 3, 1, 2)
-        if (h, w) != (self.crop_size, self.crop_size):
-            cropped = TF.resize(cropped, [self.crop_size, self.crop_size], antialias=True)
+        frames = torch.from_numpy(np.ascontiguousarray(clip)).permute(0, 3, 1, 2)
+        cropped = crop_and_fit(frames, (top, left, h, w), self.crop_size)
         if self.train and self.flip and rng.random() < 0.5:
             cropped = cropped.flip(-1)
         return cropped.permute(0, 2, 3, 1).contiguous().numpy()
-
-
-def normalize(clips: torch.Tensor) -> torch.Tensor:
-    """uint8 clips [N, T, H, W, 3] -> float [N, T, 3, H, W], scaled to [0, 1] and ImageNet-normalised."""
-    x = clips.permute(0, 1, 4, 2, 3).float().div_(255.0)
-    mean = torch.tensor(IMAGENET_MEAN, device=x.device).view(1, 1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, device=x.device).view(1, 1, 3, 1, 1)
-    return x.sub_(mean).div_(std)

@@ -40,3 +40,21 @@ def plot_weights(trace: list[dict]) -> plt.Figure:
         ax.set_yticks(range(len(trace)), [_short(t["layer"]) for t in trace], fontsize=7)
     fig.colorbar(image, ax=axes[0].tolist())
     return fig
+
+
+def plot_confusion(labels: np.ndarray, predicted: np.ndarray, class_names: list[str]) -> plt.Figure:
+    """Row-normalised confusion matrix of single-label predictions (class names on the axes up to 40 classes)."""
+    from sklearn.metrics import ConfusionMatrixDisplay
+
+    k = len(class_names)
+    side = min(4 + 0.3 * k, 40)
+    fig, ax = plt.subplots(figsize=(side, side))
+    ConfusionMatrixDisplay.from_predictions(
+        labels, predicted, labels=np.arange(k), display_labels=class_names if k <= 40 else None,
+        normalize="true", include_values=k <= 20, cmap="Blues", ax=ax, colorbar=k <= 40,
+    )  # fmt: skip
+    ax.set_title("Confusion matrix (rows: true class, normalised)")
+    if k <= 40:
+        ax.tick_params(axis="x", labelrotation=90)
+    fig.tight_layout()
+    return fig

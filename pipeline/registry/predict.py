@@ -1,36 +1,37 @@
-"""Top-k labels for videos (local paths or URIs) from a registered model.
+"""Top-k labels for a few videos (local paths or URIs) from a registered model, in batches, in this process.
 
     python jobs/predict.py --model models:/tin-mmit@champion --top-k 5 video.mp4 s3://bucket/clip.mp4
 
-Clips are decoded as validation saw them: segment centres, the short side scaled, a centre crop.
+Clips are the validation view (pipeline.data.views, as batch prediction and evaluation cut them).
 """
 
 from __future__ import annotations
 
-import mlflow.pyfunc
+from collections.abc import Iterator
+
 import numpy as np
 
-from pipeline.data.sampling import segment_indices
-from pipeline.data.transforms import ClipTransform
-from pipeline.data.video import decode_clip
+from pipeline.data.dataset import decode_or_skip
+from pipeline.data.views import ViewSpec, video_views
+from pipeline.registry.scoring import load_classifier, reason
 
 
-def load(model_uri: str):
-    """The pyfunc model and its ClipClassifier (for the class names and the clip geometry it was trained with)."""
-    model = mlflow.pyfunc.load_model(model_uri)
-    return model, model.unwrap_python_model().config
-
-
-def clip_for(uri: str, config: dict) -> np.ndarray:
-    """A video as the model saw validation clips: segment centres, short side scaled, centre crop."""
-    frames, _ = decode_clip(
-        uri, lambda n: segment_indices(n, config["model"]["num_segments"], "val"), config["short_side"]
-    )
-    return ClipTransform(config["frame_size"])(frames)
-
-
-def predict_top_k(model_uri: str, uris: list[str], k: int = 5) -> list[list[tuple[str, float]]]:
-    model, config = load(model_uri)
-    probs = model.predict(np.stack([clip_for(uri, config) for uri in uris]))
-    names = config["class_names"]
-    return [[(names[i], float(p[i])) for i in np.argsort(-p)[:k]] for p in probs]
+def predict_top_k(
+    model_uri: str, uris: list[str], k: int = 5, batch_size: int = 8
+) -> Iterator[tuple[str, list[tuple[str, float]], str | None]]:
+    """(uri, [(label, probability)] * k, None), or (uri, [], reason) for a video that cannot be decoded."""
+    classifier = load_classifier(model_uri)
+    spec = ViewSpec.of_model(classifier.config)
+    names = classifier.config["class_names"]
+    for start in range(0, len(uris), batch_size):
+        chunk = uris[start : start + batch_size]
+        decoded = [decode_or_skip(uri, lambda uri=uri: video_views(uri, spec)[0], spec.shape[1:]) for uri in chunk]
+        good = [i for i, (_, status) in enumerate(decoded) if status == 0]
+        probs = classifier.scores(np.stack([decoded[i][0] for i in good])) if good else []
+        by_row = dict(zip(good, probs, strict=True))
+        for i, uri in enumerate(chunk):
+            if i in by_row:
+                p = by_row[i]
+                yield uri, [(names[j], float(p[j])) for j in np.argsort(-p)[:k]], None
+            else:
+                yield uri, [], reason(decoded[i][1])

@@ -131,6 +131,16 @@ def finishing(tracker: Tracker, tag_error: bool = False):
     finish_run(tracker)
 
 
+def pyfunc_requirements() -> list[str]:
+    """The distributions the registered model imports (tin_pyfunc and tin_core, and pandas, which mlflow.pyfunc
+    imports but mlflow-skinny does not require), at this environment's versions."""
+    from importlib.metadata import version
+
+    pins = {name: version(name).split("+")[0] for name in ("torch", "torchvision", "numpy", "mlflow-skinny", "pandas")}
+    return [f"torch=={pins['torch']}", f"torchvision=={pins['torchvision']}", f"numpy>={pins['numpy']}",
+            f"pandas>={pins['pandas']}", f"mlflow-skinny=={pins['mlflow-skinny']}"]  # fmt: skip
+
+
 def log_and_register_model(
     tracker: Tracker,
     weights_path: Path,
@@ -140,15 +150,16 @@ def log_and_register_model(
     example,
 ) -> tuple[str, bool, str]:
     """Log the pyfunc model to the run, register a new version, and move the `champion` alias to it only if its
-    validation mAP beats the current champion's. Returns (version, became_champion, message)."""
+    validation mAP beats the current champion's. `example` (uint8 clips) is logged as one clip of at most 32 px.
+    Returns (version, became_champion, message)."""
     import numpy as np
     from mlflow.models import ModelSignature
     from mlflow.types import Schema, TensorSpec
 
-    from pipeline.registry.serving import MODEL_CONFIG, WEIGHTS
+    from pipeline.registry.serving import MODEL_CONFIG, PYFUNC_CODE, WEIGHTS
 
-    repo = Path(__file__).resolve().parents[2]
     mlflow.set_tracking_uri(tracker.uri)
+    step = max(1, min(example.shape[2:4]) // 32)
     with tempfile.TemporaryDirectory() as tmp:
         config_path = Path(tmp) / "model_config.json"
         config_path.write_text(json.dumps(model_config))
@@ -160,12 +171,12 @@ def log_and_register_model(
         with mlflow.start_run(run_id=tracker.run_id):
             info = mlflow.pyfunc.log_model(
                 name="model",
-                python_model=str(repo / "pipeline" / "registry" / "pyfunc_model.py"),
+                python_model=str(PYFUNC_CODE),
                 artifacts={WEIGHTS: str(weights_path), MODEL_CONFIG: str(config_path)},
-                code_paths=[str(repo / "tin_core"), str(repo / "pipeline")],
+                code_paths=[str(Path(__file__).resolve().parents[2] / "tin_core")],
                 signature=signature,
-                input_example=example,
-                pip_requirements=["torch==2.14.1", "torchvision==0.29.1", "numpy", "mlflow==3.17.*"],
+                input_example=np.ascontiguousarray(example[:1, :, ::step, ::step]),
+                pip_requirements=pyfunc_requirements(),
                 metadata={"val_map": val_map, "class_names": model_config["class_names"]},
             )
     client = tracker.client
