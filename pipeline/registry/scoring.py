@@ -4,6 +4,8 @@ actor pool (one GPU each where the cluster has GPUs) average the views' probabil
     rows (index, uri) --map_batches(view_batch, tasks)--> {index, views [B, V, T, S, S, 3], status}
         --map_batches(ViewScorer, actors)--> {index, probs [B, K], status}
 
+Where decode tasks and replicas are as many (a CPU cluster: one replica per CPU), Ray Data fuses the two steps and
+each replica decodes its own videos; GPU replicas always take their clips from separate CPU decode tasks.
 A video that cannot be decoded keeps its row, with a non-zero `status` (pipeline.data.dataset.REASONS) and NaN
 probabilities, so callers report it rather than crash.
 """
