@@ -11,33 +11,29 @@ medians of interleaved repeats), for the prepared GPU check (`make gpu-check`):
 from __future__ import annotations
 
 import argparse
-import statistics
 from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 
-from benchmarks.op import LINES, out
+from benchmarks.op import LINES, median_times, out
 from benchmarks.results import record
 from tin_core import ModelConfig, interlace_backends, temporal_interlace, temporal_interlace_reference
 
 
+def cuda_seconds(fn: Callable[[], object]) -> float:
+    """One call timed with CUDA events on the current stream."""
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    fn()
+    end.record()
+    torch.cuda.synchronize()
+    return start.elapsed_time(end) / 1e3
+
+
 def cuda_times(candidates: dict[str, Callable[[], object]], repeats: int, warmup: int = 3) -> dict[str, float]:
     """Median seconds per call of each candidate, interleaved, timed with CUDA events."""
-    for fn in candidates.values():
-        for _ in range(warmup):
-            fn()
-    torch.cuda.synchronize()
-    samples: dict[str, list[float]] = {name: [] for name in candidates}
-    for _ in range(repeats):
-        for name, fn in candidates.items():
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn()
-            end.record()
-            torch.cuda.synchronize()
-            samples[name].append(start.elapsed_time(end) / 1e3)
-    return {name: statistics.median(s) for name, s in samples.items()}
+    return median_times(candidates, repeats, warmup, timer=cuda_seconds)
 
 
 # The interlaced channels (C/4) of ResNet-50's block inputs at 224 px: layer1-4.

@@ -29,17 +29,27 @@ def out(text: str) -> None:
     LINES.append(text)
 
 
-def median_times(candidates: dict[str, Callable[[], object]], repeats: int, warmup: int = 1) -> dict[str, float]:
-    """Median seconds per call of each candidate, interleaving the candidates in every round."""
+def wall_seconds(fn: Callable[[], object]) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def median_times(
+    candidates: dict[str, Callable[[], object]],
+    repeats: int,
+    warmup: int = 1,
+    timer: Callable[[Callable[[], object]], float] = wall_seconds,
+) -> dict[str, float]:
+    """Median seconds per call of each candidate (`timer(fn)` times one call), interleaving the candidates in every
+    round."""
     for fn in candidates.values():
         for _ in range(warmup):
             fn()
     samples: dict[str, list[float]] = {name: [] for name in candidates}
     for _ in range(repeats):
         for name, fn in candidates.items():
-            start = time.perf_counter()
-            fn()
-            samples[name].append(time.perf_counter() - start)
+            samples[name].append(timer(fn))
     return {name: statistics.median(s) for name, s in samples.items()}
 
 

@@ -3,6 +3,7 @@ only by the direction of time, beside a plain PyTorch loop (written here, apart 
 
     python -m benchmarks.temporal                      # about 30 minutes on 2 CPUs
     python -m benchmarks.temporal --num-train 48 --num-val 24 --epochs 1 --no-record    # a smoke run
+    python -m benchmarks.temporal --seeds 0 1 2        # means over seeds: about 30 minutes per seed
 
 The data: 10 events in 5 time-reversed pairs (moving right/left, down/up, growing/shrinking, brightening/darkening,
 turning clockwise/counterclockwise), one or two small sprites per clip doing them, up to one distractor wobbling in
@@ -281,6 +282,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--job-flags", default="", help="extra flags for every job run (an ablation), e.g. '--dropout 0.5'"
     )
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="seeds of every run; rows are their means")
     parser.add_argument("--ablation", default="", help="record the runs as this row of the ablation table instead")
     parser.add_argument("--no-record", action="store_true", help="do not write benchmarks/RESULTS.md")
     args = parser.parse_args(argv)
@@ -292,18 +294,29 @@ def main(argv: list[str] | None = None) -> None:
     targets = multi_hot(val)
     ceiling = time_blind_ceiling(targets)
     print(f"{root}: {len(train.records)} + {len(val.records)} clips; time-blind ceiling {ceiling:.3f}", flush=True)
-    rows, notes = {}, []
+    runs: dict[str, list[dict]] = {}
+    notes = []
     with tempfile.TemporaryDirectory(prefix="temporal-benchmark-") as tmp:
         for arch in args.archs:
-            tracking, model_uri = train_with_job(arch, root, Path(tmp), budget, args.job_flags.split())
-            scores, trace, model = job_scores(tracking, model_uri, val, budget["num_segments"])
-            rows[f"job {arch}"] = scores_report(scores, targets)
-            if trace:
-                notes.append(offsets_line(trace, initial=model["offset_init"]))
+            for seed in args.seeds:
+                extra = [*args.job_flags.split(), f"--seed={seed}"]
+                tracking, model_uri = train_with_job(arch, root, Path(tmp), budget, extra)
+                scores, trace, model = job_scores(tracking, model_uri, val, budget["num_segments"])
+                runs.setdefault(f"job {arch}", []).append(scores_report(scores, targets))
+                if trace and seed == args.seeds[0]:
+                    notes.append(offsets_line(trace, initial=model["offset_init"]))
     for arch in args.plain:
-        t0 = time.perf_counter()
-        rows[f"plain {arch}"] = scores_report(train_plain(arch, train, val, budget), targets)
-        print(f"  plain {arch}: {time.perf_counter() - t0:.0f} s", flush=True)
+        for seed in args.seeds:
+            t0 = time.perf_counter()
+            runs.setdefault(f"plain {arch}", []).append(
+                scores_report(train_plain(arch, train, val, budget, seed), targets)
+            )
+            print(f"  plain {arch}, seed {seed}: {time.perf_counter() - t0:.0f} s", flush=True)
+    rows = {name: {k: float(np.mean([r[k] for r in reports])) for k in reports[0]} for name, reports in runs.items()}
+    if len(args.seeds) > 1:
+        notes.append(f"Means over seeds {', '.join(map(str, args.seeds))}; samples-mAP per seed:")
+        for name, reports in runs.items():
+            notes.append(f"- {name}: " + ", ".join(f"{r['samples_map']:.3f}" for r in reports))
     table = ["| run | samples-mAP | class-mAP | reversed-classes mAP | direction accuracy |", "|---|---|---|---|---|"]
     table += [
         f"| {name} | {r['samples_map']:.3f} | {r['class_map']:.3f} | {r['reversed_map']:.3f} | "

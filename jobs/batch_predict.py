@@ -8,6 +8,8 @@
 video is decoded once (the validation view) and scored by model replicas on an actor pool (one GPU each where there
 are GPUs). Rows: uri, top_k_labels, top_k_scores, error (null when the video decoded). The output appears whole
 when the job ends, replacing any earlier one; the last line of output is a JSON summary.
+On a cluster without GPUs give --replicas and --decoders one count (about one per CPU): each replica then decodes
+its own videos.
 """
 
 from __future__ import annotations

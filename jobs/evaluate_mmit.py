@@ -8,6 +8,8 @@ of the full short side), probabilities averaged over views and models, on Ray Da
 one GPU each where there are GPUs). The run is logged to MLflow and linked to each model version. The last line of
 output is one JSON object: val_map, val_map_classes (top-1/top-5/mean class accuracy for single-label data), views,
 videos, skipped, run_id.
+On a cluster without GPUs give --replicas and --decoders one count (about one per CPU): each replica then decodes
+its own videos.
 """
 
 from __future__ import annotations

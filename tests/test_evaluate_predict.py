@@ -124,7 +124,11 @@ def test_single_label_evaluation_logs_accuracy_and_a_confusion_matrix(cluster, r
     run = client.get_run(run_id)
     assert run.data.metrics["val_top1"] == pytest.approx(result.metrics["val_top1"])
     assert {a.path for a in client.list_artifacts(run_id)} >= {"ap_per_class.json", "confusion_matrix.png"}
-    assert client.get_model_version("single", "1").tags["evaluation_run_id"] == run_id
+    version = client.get_model_version("single", "1")
+    assert version.tags["evaluation_run_id"] == run_id
+    model_id = version.source.removeprefix("models:/")
+    linked = {m.key: m.value for m in client.get_logged_model(model_id).metrics if m.run_id == run_id}
+    assert linked["val_top1"] == pytest.approx(result.metrics["val_top1"])  # also on the version's logged model
 
 
 def test_evaluate_job_prints_one_json_line_and_links_the_run(cluster, root, tracking, models):

@@ -95,7 +95,7 @@ def batch_predict(
     local_dir = None if storage.is_remote(output) else os.path.dirname(os.path.abspath(output))
     if local_dir:
         os.makedirs(local_dir, exist_ok=True)
-    done, errors, start, last = 0, 0, time.monotonic(), 0.0
+    done, errors, start, last, first = 0, 0, time.monotonic(), 0.0, (0.0, 0)
     # The file is written beside the output (or in /tmp for S3) and moved into place only when complete.
     with tempfile.NamedTemporaryFile(dir=local_dir, prefix=".predict-", suffix=".parquet", delete=False) as tmp:
         staged = tmp.name
@@ -104,6 +104,8 @@ def batch_predict(
             for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
                 index = batch["index"]
                 writer.write_table(top_k_table([uris[i] for i in index], batch["probs"], batch["status"], names, top_k))
+                if not done:  # the start: actors up, the model loaded, the first views decoded and scored
+                    first = (time.monotonic() - start, len(index))
                 done += len(index)
                 errors += int((batch["status"] != 0).sum())
                 if time.monotonic() - last > 10 or done == len(uris):
@@ -120,5 +122,8 @@ def batch_predict(
     finally:
         if os.path.exists(staged):
             os.remove(staged)
+    seconds = time.monotonic() - start
+    steady = (done - first[1]) / max(seconds - first[0], 1e-9)
     return {"videos": len(uris), "predicted": done - errors, "errors": errors, "output": output,
-            "seconds": round(time.monotonic() - start, 1)}  # fmt: skip
+            "seconds": round(seconds, 1), "first_batch_seconds": round(first[0], 1),
+            "videos_per_s_after_first_batch": round(steady, 2)}  # fmt: skip

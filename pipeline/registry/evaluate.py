@@ -108,6 +108,15 @@ def evaluate(
     return Evaluation(metrics, per_class, views, int(good.sum()), dict(skipped), probs)
 
 
+def logged_model_id(version) -> str | None:
+    """The MLflow 3 logged model behind a registered version (stores that leave `model_id` empty keep it in the
+    version's `models:/<model_id>` source)."""
+    if version.model_id:
+        return version.model_id
+    source = version.source or ""
+    return source.removeprefix("models:/") if source.startswith("models:/m-") else None
+
+
 def log_evaluation(result: Evaluation, model_uris: list[str], manifest: Manifest, experiment: str, params: dict) -> str:
     """An MLflow run of the evaluation: params, metrics (also on each evaluated model version's logged model),
     per-class AP, a confusion matrix for single-label data; each model version is tagged with the run."""
@@ -120,10 +129,13 @@ def log_evaluation(result: Evaluation, model_uris: list[str], manifest: Manifest
         mlflow.log_params({**params, "views": result.views, "videos": result.videos})
         mlflow.set_tags({"models": json.dumps([f"{v.name}/{v.version}" for v in versions]),
                          "skipped_videos": json.dumps(result.skipped)})  # fmt: skip
-        mlflow.log_metrics(result.metrics)
+        # On the run, and linked to each version's logged model (MLflow 3) where it has one.
+        model_ids = [m for m in map(logged_model_id, versions) if m]
+        for model_id in model_ids:
+            mlflow.log_metrics(result.metrics, model_id=model_id)
+        if not model_ids:
+            mlflow.log_metrics(result.metrics)
         for version in versions:
-            if version.model_id:
-                mlflow.log_metrics(result.metrics, model_id=version.model_id)
             client.set_model_version_tag(version.name, version.version, "evaluation_run_id", run.info.run_id)
         mlflow.log_dict(result.ap_per_class, "ap_per_class.json")
         if not manifest.multi_label and result.probs is not None:
