@@ -87,3 +87,24 @@ def s3_env(endpoint: str) -> dict[str, str]:
     """The standard AWS variables pointing boto3, s3fs and pyarrow at a test endpoint."""
     return {"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
             "AWS_DEFAULT_REGION": "us-east-1"}  # fmt: skip
+
+
+@contextlib.contextmanager
+def current_tracking_uri(uri: str):
+    """mlflow.set_tracking_uri for a block: MLflow keeps the URI (and an experiment id) in the environment, where
+    later test modules would inherit them."""
+    import mlflow
+
+    keys = ("MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_ID")
+    old = {k: os.environ.get(k) for k in keys}
+    mlflow.set_tracking_uri(uri)
+    try:
+        yield
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        if old["MLFLOW_TRACKING_URI"]:
+            mlflow.set_tracking_uri(old["MLFLOW_TRACKING_URI"])

@@ -10,12 +10,11 @@ import sys
 from pathlib import Path
 
 import boto3
-import mlflow
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import torch
-from conftest import local_ray, s3_env
+from conftest import current_tracking_uri, local_ray, s3_env
 from mlflow.tracking import MlflowClient
 
 from pipeline.data.annotations import Manifest, read_mmit
@@ -47,10 +46,11 @@ def root(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def tracking(tmp_path_factory) -> str:
+def tracking(tmp_path_factory):
+    """This module's MLflow store, set as the current one (MLflow keeps it in the environment) for the module only."""
     uri = f"sqlite:///{tmp_path_factory.mktemp('mlflow')}/mlflow.db"
-    mlflow.set_tracking_uri(uri)
-    return uri
+    with current_tracking_uri(uri):
+        yield uri
 
 
 def register(tracking: str, tmp: Path, name: str, arch: str, segments: int, class_names: list[str],

@@ -17,7 +17,7 @@ import mlflow
 import numpy as np
 import pytest
 import torch
-from conftest import free_port
+from conftest import current_tracking_uri, free_port
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
@@ -70,17 +70,17 @@ def site_of(distributions: set[str], folder: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def registered(tmp_path_factory) -> tuple[str, str]:
+def registered(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("registry")
     tracking = f"sqlite:///{tmp}/mlflow.db"
-    mlflow.set_tracking_uri(tracking)
-    model = ModelConfig(arch="tin", num_segments=SEGMENTS)
-    torch.save(model.build(CLASSES).state_dict(), tmp / "model.pt")
-    config = model_config(model, CLASSES, 32, 36, [f"c{k}" for k in range(CLASSES)], True)
-    tracker = start_run(tracking, "standalone", "run", {})
-    clips = np.zeros((4, SEGMENTS, 224, 224, 3), np.uint8)
-    log_and_register_model(tracker, tmp / "model.pt", config, "standalone", 0.5, clips)
-    return tracking, "models:/standalone@champion"
+    with current_tracking_uri(tracking):
+        model = ModelConfig(arch="tin", num_segments=SEGMENTS)
+        torch.save(model.build(CLASSES).state_dict(), tmp / "model.pt")
+        config = model_config(model, CLASSES, 32, 36, [f"c{k}" for k in range(CLASSES)], True)
+        tracker = start_run(tracking, "standalone", "run", {})
+        clips = np.zeros((4, SEGMENTS, 224, 224, 3), np.uint8)
+        log_and_register_model(tracker, tmp / "model.pt", config, "standalone", 0.5, clips)
+        yield tracking, "models:/standalone@champion"
 
 
 def test_the_model_ships_only_tin_core_and_its_code(registered):

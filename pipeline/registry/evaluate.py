@@ -124,8 +124,10 @@ def log_evaluation(result: Evaluation, model_uris: list[str], manifest: Manifest
 
     client = mlflow.MlflowClient()
     versions = [client.get_model_version(*get_model_name_and_version(client, uri)) for uri in model_uris]
-    mlflow.set_experiment(experiment)
-    with mlflow.start_run(run_name=f"evaluate-{time.strftime('%Y%m%d-%H%M%S')}") as run:
+    # The experiment by id, not mlflow.set_experiment, which would leave MLFLOW_EXPERIMENT_ID in the environment.
+    found = client.get_experiment_by_name(experiment)
+    experiment_id = found.experiment_id if found else client.create_experiment(experiment)
+    with mlflow.start_run(experiment_id=experiment_id, run_name=f"evaluate-{time.strftime('%Y%m%d-%H%M%S')}") as run:
         mlflow.log_params({**params, "views": result.views, "videos": result.videos})
         mlflow.set_tags({"models": json.dumps([f"{v.name}/{v.version}" for v in versions]),
                          "skipped_videos": json.dumps(result.skipped)})  # fmt: skip
