@@ -1,11 +1,12 @@
 """Batch prediction's clips/s (jobs/batch_predict.py's Ray Data path: decode tasks feeding a model replica) against a
 bare loop doing the same decode and model in one process, on the same CPUs.
 
-    python -m benchmarks.predict                    # about 5 minutes on 2 CPUs
+    python -m benchmarks.predict
     python -m benchmarks.predict --videos 16 --rounds 1 --no-record    # a smoke run
 
 A randomly initialised TSM-R18 (8 segments, 112 px crops of a 128 px short side) is registered in a temporary MLflow
-store; the videos are generated clips of 128 px. The Ray Data figure includes its start (actors, model loading).
+store; the videos are generated clips of 128 px. The Ray Data rate is given with and without its start (actors,
+model loading).
 Target: the Ray Data path at least the bare loop's clips/s.
 """
 

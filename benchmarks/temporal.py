@@ -3,7 +3,7 @@ only by the direction of time, beside a plain PyTorch loop (written here, apart 
 
     python -m benchmarks.temporal                      # about 30 minutes on 2 CPUs
     python -m benchmarks.temporal --num-train 48 --num-val 24 --epochs 1 --no-record    # a smoke run
-    python -m benchmarks.temporal --seeds 0 1 2        # means over seeds: about 30 minutes per seed
+    python -m benchmarks.temporal --seeds 0 1 2        # every run once per seed; rows are the means
 
 The data: 10 events in 5 time-reversed pairs (moving right/left, down/up, growing/shrinking, brightening/darkening,
 turning clockwise/counterclockwise), one or two small sprites per clip doing them, up to one distractor wobbling in
