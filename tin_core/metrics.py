@@ -43,8 +43,7 @@ def classification_metrics(scores: np.ndarray, targets: np.ndarray) -> dict[str,
     scores = np.asarray(scores, dtype=np.float64)
     targets = np.asarray(targets)
     if targets.ndim == 1:
-        multi_hot = np.zeros_like(scores, dtype=bool)
-        multi_hot[np.arange(len(targets)), targets] = True
+        multi_hot = as_multi_hot(targets, scores.shape[1])
         return {
             "map": map_over_videos(scores, multi_hot),
             "map_classes": map_over_classes(scores, multi_hot),
@@ -54,9 +53,21 @@ def classification_metrics(scores: np.ndarray, targets: np.ndarray) -> dict[str,
     return {"map": map_over_videos(scores, targets), "map_classes": map_over_classes(scores, targets)}
 
 
+def as_multi_hot(targets: np.ndarray, num_classes: int) -> np.ndarray:
+    """Boolean multi-hot [V, K] of targets given as multi-hot [V, K] or class ids [V]."""
+    targets = np.asarray(targets)
+    if targets.ndim == 2:
+        return targets > 0
+    multi_hot = np.zeros((len(targets), num_classes), dtype=bool)
+    multi_hot[np.arange(len(targets)), targets] = True
+    return multi_hot
+
+
 def ap_per_class(scores: np.ndarray, targets: np.ndarray) -> list[float]:
-    """Average precision of each class (NaN for a class with no positive video). targets multi-hot [V, K]."""
-    scores, targets = np.asarray(scores, dtype=np.float64), np.asarray(targets) > 0
+    """Average precision of each class (NaN for a class with no positive video). targets multi-hot [V, K] or class
+    ids [V]."""
+    scores = np.asarray(scores, dtype=np.float64)
+    targets = as_multi_hot(targets, scores.shape[1])
     return [
         float(average_precision_score(targets[:, k], scores[:, k])) if targets[:, k].any() else float("nan")
         for k in range(targets.shape[1])

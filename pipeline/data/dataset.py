@@ -143,6 +143,11 @@ def decode_batch(batch: dict[str, np.ndarray], **decoder_args) -> dict[str, np.n
     return ClipDecoder(**decoder_args)(batch)
 
 
+def task_blocks(num_rows: int, rows_per_task: int) -> int:
+    """Input blocks for rows decoded in order: one per decode task, at most 1000."""
+    return max(1, min(math.ceil(num_rows / rows_per_task), 1000))
+
+
 # Training rows are shuffled per epoch at block granularity: blocks of one row up to this many rows.
 SHUFFLE_BLOCKS = 4096
 
@@ -172,7 +177,7 @@ def clip_dataset(
     if train:
         num_blocks = max(1, min(len(rows), SHUFFLE_BLOCKS))
     else:  # one block per task
-        num_blocks = max(1, min(math.ceil(len(rows) / batch_size), 1000))
+        num_blocks = task_blocks(len(rows), batch_size)
     ds = ray.data.from_items(rows, override_num_blocks=num_blocks)
     if train:
         ds = ds.randomize_block_order()

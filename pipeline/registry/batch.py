@@ -84,7 +84,8 @@ def batch_predict(
     model_uri: str, source: str, output: str, tracking_uri: str, top_k: int = 5, replicas: int = 1, decoders: int = 2
 ) -> dict:
     """Predict every input video and write `output` whole (replacing any earlier output). Returns counts."""
-    if storage.exists(output) and storage.filesystem(output)[0].isdir(storage.filesystem(output)[1]):
+    output_fs, output_path = storage.filesystem(output)
+    if output_fs.isdir(output_path):
         raise ValueError(f"--output {output} is a folder: give the path of the Parquet file to write")
     uris = list_inputs(source)
     config = load_classifier(model_uri).config
@@ -117,8 +118,7 @@ def batch_predict(
         if local_dir:
             os.replace(staged, output)
         else:
-            fs, path = storage.filesystem(output)
-            fs.put_file(staged, path)  # an S3 object appears only once its upload completes
+            output_fs.put_file(staged, output_path)  # an S3 object appears only once its upload completes
     finally:
         if os.path.exists(staged):
             os.remove(staged)

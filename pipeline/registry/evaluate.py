@@ -81,9 +81,6 @@ def metrics_of(probs: np.ndarray, targets: np.ndarray, class_names: list[str]) -
     metrics = {f"val_{k}": v for k, v in classification_metrics(probs, targets).items()}
     if targets.ndim == 1:
         metrics["val_mean_class_accuracy"] = float(balanced_accuracy_score(targets, probs.argmax(axis=1)))
-        multi_hot = np.zeros_like(probs, dtype=bool)
-        multi_hot[np.arange(len(targets)), targets] = True
-        targets = multi_hot
     return metrics, dict(zip(class_names, ap_per_class(probs, targets), strict=True))
 
 

@@ -12,14 +12,12 @@ probabilities, so callers report it rather than crash.
 
 from __future__ import annotations
 
-import math
-
 import mlflow
 import numpy as np
 import ray
 import torch
 
-from pipeline.data.dataset import REASONS, decode_or_skip
+from pipeline.data.dataset import REASONS, decode_or_skip, task_blocks
 from pipeline.data.views import ViewSpec, video_views
 from pipeline.registry.tin_pyfunc import ClipClassifier
 
@@ -75,7 +73,7 @@ def score_dataset(
 ) -> ray.data.Dataset:
     """A Ray Dataset of {index, probs, status} per row of `rows` (dicts with `index` and `uri`), in no set order."""
     gpus = ray.cluster_resources().get("GPU", 0)
-    num_blocks = max(1, min(math.ceil(len(rows) / videos_per_batch), 1000))
+    num_blocks = task_blocks(len(rows), videos_per_batch)
     ds = ray.data.from_items([{"index": r["index"], "uri": r["uri"]} for r in rows], override_num_blocks=num_blocks)
     ds = ds.map_batches(
         view_batch,

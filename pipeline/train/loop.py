@@ -146,14 +146,8 @@ def evaluate(engine, val_ds, num_val: int, cfg: JobConfig, num_classes: int, dev
     all_targets = np.concatenate([g[2] for g in gathered if g[2] is not None])
     metrics = {f"val_{k}": v for k, v in classification_metrics(all_scores, all_targets).items()}
     metrics["val_videos"] = len(all_indices)
-    per_class = ap_per_class(all_scores, _multi_hot(all_targets, num_classes))
+    per_class = ap_per_class(all_scores, all_targets)
     return {"metrics": metrics, "ap_per_class": per_class, "seen": seen, "bad": dict(bad)}
-
-
-def _multi_hot(targets: np.ndarray, num_classes: int) -> np.ndarray:
-    if targets.ndim == 2:
-        return targets
-    return np.eye(num_classes, dtype=np.float32)[targets]
 
 
 def _restore(engine, checkpoint) -> int:
