@@ -43,6 +43,7 @@ def decoder() -> ClipDecoder:
     return ClipDecoder(ClipSpec(num_segments=4, short_side=36, crop_size=32), 3, True, train=False)
 
 
+@pytest.mark.integration
 def test_short_outage_is_retried(s3_clip, monkeypatch):
     server, port, uri = s3_clip
     monkeypatch.setattr(storage, "RETRY_SECONDS", 90.0)
@@ -84,6 +85,7 @@ def test_missing_object_is_a_bad_video_not_an_outage(s3_clip):
     assert status != 0 and not np.any(clip)
 
 
+@pytest.mark.integration
 def test_checkpoint_filesystem_keeps_retrying_after_pickling(s3_clip):
     """Ray Train pickles the storage filesystem to its controller and workers; the copy must still ride out a short
     outage (a plain pyarrow S3FileSystem comes back with 3 quick attempts and fails the run)."""
