@@ -28,7 +28,8 @@ from tin_core import ModelConfig
 @dataclass
 class DataConfig:
     root: Annotated[str, tyro.conf.arg(name="data")] = ""
-    """dataset root in MMiT layout (local path or s3://bucket/prefix); empty: the generated default"""
+    """dataset root in MMiT layout or a frame-shard dataset (jobs/prepare_mmit.py), local or s3://; empty: the
+    generated default"""
     frame_size: int = 32
     """crop size in pixels; frames are resized to a short side of frame_size * 8/7"""
     flip: bool = False

@@ -20,8 +20,9 @@ from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, Sc
 from ray.train.torch import TorchConfig, TorchTrainer
 
 from pipeline.data import storage
-from pipeline.data.annotations import Manifest, read_mmit
+from pipeline.data.annotations import Manifest
 from pipeline.data.dataset import clip_dataset, manifest_rows
+from pipeline.data.shards import read_split
 from pipeline.data.storage import DEFAULT_CACHE
 from pipeline.data.synthetic import SyntheticSpec, generate_mmit
 from pipeline.registry.tracking import Tracker, finishing, redact, start_run, tracking_uri
@@ -56,7 +57,7 @@ def load_datasets(cfg: JobConfig) -> Datasets:
     root = cfg.data.root or default_data_root(cfg)
     if not storage.exists(root):
         raise ValueError(f"--data {root}: no such directory or bucket prefix")
-    train, val = read_mmit(root, "training"), read_mmit(root, "validation")
+    train, val = read_split(root, "training"), read_split(root, "validation")
     for name, manifest in (("trainingSet.csv", train), ("validationSet.csv", val)):
         if not manifest.records:
             raise ValueError(f"--data {root}: {name} lists no videos")
