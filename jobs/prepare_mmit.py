@@ -43,18 +43,19 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args = tyro.cli(Prepare, args=argv, description=__doc__)
     from pipeline.data.annotations import AnnotationError
-    from pipeline.data.prepare import PrepareSpec, prepare
+    from pipeline.data.prepare import PrepareSpec, prepare, shard_plan
     from pipeline.train.config import usage_error
     from pipeline.train.driver import connect_ray
 
     if args.short_side < 1 or not 1 <= args.quality <= 100 or (args.fps is not None and args.fps <= 0):
         usage_error(ValueError("--short-side must be >= 1, --quality within 1-100 and --fps > 0"))
     spec = PrepareSpec(args.short_side, args.fps, args.quality, args.videos_per_shard)
-    connect_ray()
     try:
-        summary = prepare(args.data, args.output, spec, args.concurrency)
+        plan = shard_plan(args.data, args.videos_per_shard)  # bad annotations fail here, before any Ray work
     except (ValueError, AnnotationError, FileNotFoundError) as e:
         usage_error(e)
+    connect_ray()
+    summary = prepare(args.data, args.output, spec, args.concurrency, plan)
     for split, path, reason in summary.skipped:
         print(f"skipped {split} video {path}: {reason}")
     print(summary.line())

@@ -7,6 +7,8 @@ from __future__ import annotations
 import csv
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import boto3
@@ -20,10 +22,12 @@ from pipeline.data import check, shards
 from pipeline.data.dataset import ClipDecoder, ClipSpec
 from pipeline.data.prepare import PrepareSpec, prepare
 from pipeline.data.sampling import segment_indices
+from pipeline.data.shards import read_split
 from pipeline.data.synthetic import SyntheticSpec, generate_mmit
 from pipeline.data.transforms import ClipTransform
 from pipeline.data.video import decode_clip, probe
 from pipeline.registry.batch import list_inputs
+from pipeline.registry.evaluate import evaluate
 from pipeline.train.config import JobConfig
 from pipeline.train.driver import run_training
 
@@ -129,6 +133,15 @@ def test_rerun_after_a_failure_completes_without_duplicates(cluster, tmp_path):
     assert not list((dest / "shards").glob("*.tmp-*"))
 
 
+@pytest.mark.integration
+def test_prepare_job_names_a_bad_source_before_ray(tmp_path):
+    job = Path(__file__).resolve().parents[1] / "jobs" / "prepare_mmit.py"
+    result = subprocess.run([sys.executable, str(job), "--data", str(tmp_path / "absent"), "--output",
+                             str(tmp_path / "out")], capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert result.returncode == 2 and "moments_categories.txt not found" in result.stderr
+    assert "Ray" not in result.stderr and not (tmp_path / "out").exists()
+
+
 def tiny_job(tmp_path: Path, root: str, name: str, **overrides) -> JobConfig:
     values = dict(
         root=root, num_segments=4, frame_size=32, epochs=1, batch_size=4, num_workers=1,
@@ -162,11 +175,18 @@ def test_training_from_shards_scores_as_from_videos(cluster, tmp_path):
     spec = SyntheticSpec(num_train=48, num_val=24, frames=16, size=32, appearance=True)
     root = generate_mmit(tmp_path / "mmit", spec)
     prepare(str(root), str(tmp_path / "shards"), PrepareSpec(short_side=32))
-    scores = {}
+    scores, outcomes = {}, {}
     for name, data in (("videos", str(root)), ("shards", str(tmp_path / "shards"))):
-        outcome = run_training(tiny_job(tmp_path, data, f"from-{name}", epochs=3, arch="tsm", seed=1))
-        assert outcome.metrics["val_videos"] == 24
-        scores[name] = outcome.metrics["val_map"]
+        outcomes[name] = run_training(tiny_job(tmp_path, data, f"from-{name}", epochs=3, arch="tsm", seed=1))
+        assert outcomes[name].metrics["val_videos"] == 24
+        scores[name] = outcomes[name].metrics["val_map"]
     # Training draws its frames and crops at random, so the two runs differ by noise only.
     assert abs(scores["shards"] - scores["videos"]) < 0.15, scores
+    # One model evaluated on both (deterministic views): they differ by the JPEG round trip only.
+    trained = outcomes["shards"]
+    model = f"models:/{trained.model_name}/{trained.version}"
+    evaluations = {name: evaluate([model], read_split(data, "validation"), trained.tracking_uri, decoders=1)
+                   for name, data in (("videos", str(root)), ("shards", str(tmp_path / "shards")))}  # fmt: skip
+    assert evaluations["videos"].videos == evaluations["shards"].videos == 24
+    assert abs(evaluations["videos"].metrics["val_map"] - evaluations["shards"].metrics["val_map"]) < 0.1
     assert json.loads((tmp_path / "shards" / "format.json").read_text())["videos"] == 72

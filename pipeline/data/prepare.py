@@ -156,9 +156,12 @@ def _write_bytes(uri: str, data: bytes) -> None:
     os.replace(aside, path)
 
 
-def prepare(root: str, dest: str, spec: PrepareSpec, concurrency: int | None = None) -> PrepareSummary:
-    """Write the shard dataset of `root` under `dest`; progress is logged as shards finish."""
-    plan = shard_plan(root, spec.videos_per_shard)
+def prepare(
+    root: str, dest: str, spec: PrepareSpec, concurrency: int | None = None, plan: list[dict] | None = None
+) -> PrepareSummary:
+    """Write the shard dataset of `root` under `dest` (`plan`: shard_plan's, when already read); progress is logged
+    as shards finish."""
+    plan = plan if plan is not None else shard_plan(root, spec.videos_per_shard)
     _remove_leftovers(dest)
     class_names = read_mmit(root, "training").class_names
     ds = ray.data.from_items(plan, override_num_blocks=max(1, len(plan))).map(
