@@ -140,16 +140,53 @@ def iter_frames(
                             rgb = frame.reformat(width=width, height=height, format="rgb24", interpolation="BILINEAR")
                             yield np.ascontiguousarray(np.rot90(rgb.to_ndarray(), scan.quarter_turns))
             except (av.FFmpegError, ValueError) as e:
-                raise DecodeError(uri, "corrupt", str(e)) from e
+                raise DecodeError(uri, "corrupt", str(e)) from _cause(f, e)
 
     return info, frames()
 
 
 def _open(uri: str) -> IO[bytes]:
     try:
-        return open_uri(uri, "rb")
+        return _Recording(open_uri(uri, "rb"))
     except (OSError, ValueError) as e:
         raise DecodeError(uri, "unreadable", str(e)) from e
+
+
+class _Recording:
+    """A file object that keeps the last error its reads raised: PyAV reports a failed read as its own error, and
+    the storage error behind it (a store away or throttling) must still reach the caller as the cause."""
+
+    def __init__(self, f) -> None:
+        self._f = f
+        self.error: BaseException | None = None
+
+    def read(self, *args):
+        try:
+            return self._f.read(*args)
+        except Exception as e:
+            self.error = e
+            raise
+
+    def seek(self, *args):
+        try:
+            return self._f.seek(*args)
+        except Exception as e:
+            self.error = e
+            raise
+
+    def __getattr__(self, name: str):
+        return getattr(self._f, name)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._f.close()
+
+
+def _cause(f, error: BaseException) -> BaseException:
+    """The storage error behind a decoder's error, when a read failed; else the decoder's own."""
+    return getattr(f, "error", None) or error
 
 
 def _scan(f: IO[bytes], uri: str) -> _Scan:
@@ -157,7 +194,7 @@ def _scan(f: IO[bytes], uri: str) -> _Scan:
     try:
         container = av.open(f, mode="r")
     except (av.FFmpegError, OSError, ValueError) as e:
-        raise DecodeError(uri, "unreadable", str(e)) from e
+        raise DecodeError(uri, "unreadable", str(e)) from _cause(f, e)
     with container:
         if not container.streams.video:
             raise DecodeError(uri, "no_video_stream")
@@ -170,7 +207,7 @@ def _scan(f: IO[bytes], uri: str) -> _Scan:
                 if packet.size and not packet.is_discard:
                     count += 1
         except (av.FFmpegError, ValueError) as e:
-            raise DecodeError(uri, "corrupt", str(e)) from e
+            raise DecodeError(uri, "corrupt", str(e)) from _cause(f, e)
         if first is None or count == 0:
             raise DecodeError(uri, "no_frames")
         turns = round((first.rotation or 0) / 90) % 4
@@ -239,7 +276,7 @@ def _pyav_frames(
                 if number >= last:
                     break
     except (av.FFmpegError, ValueError) as e:
-        raise DecodeError(uri, "corrupt", str(e)) from e
+        raise DecodeError(uri, "corrupt", str(e)) from _cause(f, e)
     if decoded == 0:
         raise DecodeError(uri, "no_frames")
     if len(picked) < len(wanted):

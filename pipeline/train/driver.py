@@ -78,7 +78,9 @@ def preflight(cfg: JobConfig) -> Datasets:
 def worker_env() -> dict[str, str]:
     """Environment of the training workers: DeepSpeed's accelerator and a project-local build cache for its ops."""
     env = {"TORCH_EXTENSIONS_DIR": str(DEFAULT_CACHE / "torch_extensions")}
-    for key in ("DS_ACCELERATOR", "AWS_ENDPOINT_URL", "AWS_DEFAULT_REGION", "AWS_REGION", "TIN_STORAGE_RETRY_SECONDS"):
+    keys = ("DS_ACCELERATOR", "AWS_ENDPOINT_URL", "AWS_DEFAULT_REGION", "AWS_REGION", "AWS_RETRY_MODE",
+            "AWS_MAX_ATTEMPTS", "TIN_STORAGE_RETRY_SECONDS")  # fmt: skip
+    for key in keys:
         if key in os.environ:
             env[key] = os.environ[key]
     return env
