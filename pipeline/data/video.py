@@ -161,15 +161,14 @@ class _Recording:
         self.error: BaseException | None = None
 
     def read(self, *args):
-        try:
-            return self._f.read(*args)
-        except Exception as e:
-            self.error = e
-            raise
+        return self._recorded(self._f.read, *args)
 
     def seek(self, *args):
+        return self._recorded(self._f.seek, *args)
+
+    def _recorded(self, call, *args):
         try:
-            return self._f.seek(*args)
+            return call(*args)
         except Exception as e:
             self.error = e
             raise
