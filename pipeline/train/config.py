@@ -112,6 +112,8 @@ class TrackingConfig:
     """MLflow experiment"""
     register_as: str = "tin-mmit"
     """MLflow registered model name"""
+    log_every_steps: int = 50
+    """rank 0 prints loss and clips/s every this many steps (0: only the per-epoch line)"""
 
 
 @dataclass
@@ -144,6 +146,7 @@ class JobConfig:
             (bool(d.crop_scales) and all(0 < s <= 1 for s in d.crop_scales), "crop_scales", "in (0, 1]"),
             (0 <= o.warmup_start <= 1, "warmup_start", "in [0, 1]"),
             (o.interlace_lr_mult > 0, "interlace_lr_mult", "> 0"),
+            (self.tracking.log_every_steps >= 0, "log_every_steps", ">= 0"),
         ]
         for ok, name, expected in checks:
             if not ok:

@@ -28,6 +28,7 @@ from pipeline.data.synthetic import SyntheticSpec, generate_mmit
 from pipeline.registry.tracking import Tracker, finishing, redact, start_run, tracking_uri
 from pipeline.train.config import JobConfig, flat_values
 from pipeline.train.loop import clip_spec, train_loop_per_worker
+from pipeline.train.progress import EpochProgress
 from pipeline.train.results import (
     TrainOutcome,
     best_checkpoint,
@@ -171,7 +172,7 @@ def run_training(cfg: JobConfig, datasets: Datasets | None = None) -> TrainOutco
     tracker = start_run(uri, cfg.tracking.experiment, run_name, params)
     logger.info("MLflow run %s in %s", tracker.run_id, redact(uri))
     with storage_errors_as_unavailable(datasets.root, cfg.tracking.storage), finishing(tracker):
-        result = build_trainer(cfg, datasets, tracker, run_name).fit()
+        result = build_trainer(cfg, datasets, tracker, run_name, [EpochProgress(cfg.optim.epochs)]).fit()
         if result.error:
             raise result.error
         raise_on_bad_videos(result.metrics, cfg, datasets.root)
