@@ -1,6 +1,6 @@
 # Two commands for users and CI; each sets up .venv on a fresh machine first (about 5 minutes, once):
 #   make run    the main job on its embedded default (local Ray, generated data, local MLflow)
-#   make test   lint and the whole test suite (make test-fast: the unit tests, no Ray cluster)
+#   make test   lint and the whole test suite (make test-fast: the unit tests, no Ray cluster, no subprocess)
 PYTHON ?= python3.11
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -31,7 +31,7 @@ test: lint
 	$(VENV)/bin/pytest
 
 test-fast: lint
-	$(VENV)/bin/pytest -m "not cluster"
+	$(VENV)/bin/pytest -m "not cluster and not integration"
 
 bench: setup
 	$(PY) -m benchmarks.op

@@ -6,7 +6,9 @@
 clips/s of the Ray Data pipeline (decode only the sampled frames, transform, stream uint8 clips) against
 (a) the decode limit: a tight loop of decord decoding the same sampled frames in 2 processes, and
 (b) a torch DataLoader(num_workers=2) running the same decode and transforms,
-from local disk and from S3 (a moto server on 127.0.0.1, in its own process). Targets: >= 0.9x of (a), >= 1.0x of (b).
+and the same pipeline reading frame shards of the same clips (jobs/prepare_mmit.py at the training short side)
+against the raw videos (and a DataLoader on the shards), with the bytes stored per clip, from local disk and from S3
+(a moto server on 127.0.0.1, in its own process). Targets: >= 0.9x of (a), >= 1.0x of (b), shards >= 5x raw video.
 Each figure is the second of two passes (the first warms processes and caches alike for all three), measured in
 interleaved rounds so that a slow spell of a shared machine hits each alike; ratios are per round and as medians.
 """
@@ -29,7 +31,9 @@ from pathlib import Path
 from benchmarks.results import record
 from pipeline.data import storage, video
 from pipeline.data.dataset import ClipDecoder, ClipSpec, clip_dataset
+from pipeline.data.prepare import PrepareSpec, prepare
 from pipeline.data.sampling import segment_indices
+from pipeline.data.shards import read_split
 
 SPEC = ClipSpec(num_segments=8, short_side=128, crop_size=112)
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "videos"
@@ -103,21 +107,24 @@ def ray_pipeline(uris: list[str]) -> float:
     return count / (time.perf_counter() - start)
 
 
-def measure(label: str, uris: list[str], rounds: int) -> str:
-    """Rounds of all three, interleaved, so that a slow spell of a shared machine hits each alike; the ratios are
-    per round, then their medians."""
+def measure(label: str, uris: list[str], shard_uris: list[str], rounds: int) -> tuple[str, float]:
+    """Rounds of all five, interleaved, so that a slow spell of a shared machine hits each alike; the ratios are
+    per round, then their medians. Returns the summary line and the median shards / raw video ratio."""
     ratios = []
     for r in range(rounds):
         limit, loader, ours = decode_limit(uris), torch_dataloader(uris), ray_pipeline(uris)
-        ratios.append((ours / limit, ours / loader))
+        from_shards, shard_loader = ray_pipeline(shard_uris), torch_dataloader(shard_uris)
+        ratios.append((ours / limit, ours / loader, from_shards / ours, from_shards / shard_loader))
         print(f"{label}, round {r + 1}/{rounds}: Ray Data {ours:.1f} clips/s | (a) decode limit {limit:.1f} clips/s -> "
-              f"{ours / limit:.2f}x | (b) DataLoader(num_workers=2) {loader:.1f} clips/s -> {ours / loader:.2f}x",
-              flush=True)  # fmt: skip
-    to_limit, to_loader = (statistics.median(column) for column in zip(*ratios, strict=True))
+              f"{ours / limit:.2f}x | (b) DataLoader(num_workers=2) {loader:.1f} clips/s -> {ours / loader:.2f}x | "
+              f"shards {from_shards:.1f} clips/s -> {from_shards / ours:.2f}x raw video, DataLoader on shards "
+              f"{shard_loader:.1f} clips/s -> {from_shards / shard_loader:.2f}x", flush=True)  # fmt: skip
+    to_limit, to_loader, to_raw, to_shard_loader = (statistics.median(c) for c in zip(*ratios, strict=True))
     line = (f"{label}, median of {rounds}: (a) {to_limit:.2f}x of the decode limit [target >= 0.9] | "
-            f"(b) {to_loader:.2f}x of DataLoader(num_workers=2) [target >= 1.0]")  # fmt: skip
+            f"(b) {to_loader:.2f}x of DataLoader(num_workers=2) [target >= 1.0] | shards {to_raw:.2f}x raw video "
+            f"[target >= 5] and {to_shard_loader:.2f}x a DataLoader on the shards")  # fmt: skip
     print(line, flush=True)
-    return line
+    return line, to_raw
 
 
 def main() -> None:
@@ -131,29 +138,54 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
         sources = source_clips(workdir)
-        # Distinct files (copies), so no pass is served by a cache of the one before.
-        local = []
-        for i in range(args.clips):
-            target = workdir / "clips" / f"{i:04d}{sources[i % len(sources)].suffix}"
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy(sources[i % len(sources)], target)
-            local.append(str(target))
+        dataset = workdir / "dataset"
+        local = copy_clips(sources, dataset, args.clips)
         kind = "real" if sources[0].parent == SHARED else "generated"
         print(f"{len(local)} clips from {len(sources)} {kind} sources, {SPEC.num_segments} frames each, short side "
               f"{SPEC.short_side}, crop {SPEC.crop_size}; {os.cpu_count()} CPUs", flush=True)  # fmt: skip
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a private loopback cluster for the benchmark
         ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
         ray.data.DataContext.get_current().enable_progress_bars = False
-        lines = [f"{len(local)} {kind} clips per pass, {args.rounds} rounds", measure("local disk", local, args.rounds)]
+        summary = prepare(str(dataset), str(workdir / "shards"), PrepareSpec(short_side=SPEC.short_side))
+        shard_uris = [r.uri for r in read_split(str(workdir / "shards"), "training").records]
+        bytes_ratio = summary.bytes_out / summary.bytes_in
+        lines = [f"{len(local)} {kind} clips per pass, {args.rounds} rounds; stored per clip: video "
+                 f"{summary.bytes_in / len(local) / 1e3:.0f} kB, shards {summary.bytes_out / len(local) / 1e3:.0f} kB "
+                 f"(JPEG quality 90, short side {SPEC.short_side})"]  # fmt: skip
+        line, to_raw = measure("local disk", local, shard_uris, args.rounds)
+        lines.append(line)
         if not args.no_s3:
-            lines.append(measure("S3 (moto)", _upload_to_moto(local), args.rounds))
+            remote = _upload_to_moto(workdir)
+            s3_shards = [r.uri for r in read_split(f"{remote}/shards", "training").records]
+            s3_clips = [f"{remote}/dataset/videos/{Path(p).name}" for p in local]
+            line, _ = measure("S3 (moto)", s3_clips, s3_shards, args.rounds)
+            lines.append(line)
         ray.shutdown()
-    record("Data pipeline (Ray Data vs decode limit and DataLoader)", "\n".join(f"- {line}" for line in lines))
+    last = f"shards vs raw video: {to_raw:.2f}x clips/s, {bytes_ratio:.2f}x bytes"
+    print(last)
+    record("Data pipeline (Ray Data vs decode limit and DataLoader; shards vs raw video)",
+           "\n".join(f"- {line}" for line in [*lines, last]))  # fmt: skip
 
 
-def _upload_to_moto(paths: list[str]) -> list[str]:
-    """Upload the clips to a moto S3 server in a process of its own (as s3fs's tests run it): a server inside this
-    process would answer requests under the same GIL as the consumer being measured, which no real S3 does."""
+def copy_clips(sources: list[Path], dataset: Path, count: int) -> list[str]:
+    """`count` distinct copies of the sources (so no pass is served by a cache of the one before) in an MMiT layout
+    whose training split lists them all."""
+    local = []
+    for i in range(count):
+        target = dataset / "videos" / f"{i:04d}{sources[i % len(sources)].suffix}"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(sources[i % len(sources)], target)
+        local.append(str(target))
+    (dataset / "trainingSet.csv").write_text("".join(f"{Path(p).name},0\n" for p in local))
+    (dataset / "validationSet.csv").write_text(f"{Path(local[0]).name},0\n")
+    (dataset / "moments_categories.txt").write_text("clip,0\n")
+    return local
+
+
+def _upload_to_moto(workdir: Path) -> str:
+    """Upload the dataset and its shards to a moto S3 server in a process of its own (as s3fs's tests run it): a
+    server inside this process would answer requests under the same GIL as the consumer being measured, which no
+    real S3 does. Returns the bucket's URI."""
     import boto3
 
     with socket.socket() as sock:  # a free port for the server
@@ -182,12 +214,9 @@ def _upload_to_moto(paths: list[str]) -> list[str]:
     ray.data.DataContext.get_current().enable_progress_bars = False
     client = boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL"], region_name="us-east-1")
     client.create_bucket(Bucket="bench")
-    uris = []
-    for path in paths:
-        key = f"clips/{Path(path).name}"
-        client.upload_file(path, "bench", key)
-        uris.append(f"s3://bench/{key}")
-    return uris
+    for path in sorted(p for p in workdir.rglob("*") if p.is_file()):
+        client.upload_file(str(path), "bench", str(path.relative_to(workdir)))
+    return "s3://bench"
 
 
 if __name__ == "__main__":

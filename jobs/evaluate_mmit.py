@@ -31,7 +31,7 @@ class Evaluate:
     model: str = "models:/tin-mmit@champion"
     """MLflow model URI"""
     data: str = ""
-    """dataset root (local or s3://) in the MMiT layout; empty: the training job's embedded dataset"""
+    """dataset root (local or s3://) in the MMiT layout or a frame-shard dataset; empty: the job's embedded dataset"""
     split: Literal["training", "validation"] = "validation"
     clips: int = 1
     """clips per video, spread evenly within each segment"""
@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     args = tyro.cli(Evaluate, args=argv, description=__doc__)
     import mlflow
 
-    from pipeline.data.annotations import read_mmit
+    from pipeline.data.shards import read_split
     from pipeline.registry.evaluate import evaluate, log_evaluation
     from pipeline.registry.tracking import tracking_uri
     from pipeline.train.config import JobConfig, usage_error
@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     mlflow.set_tracking_uri(uri)
     root = args.data or default_data_root(JobConfig())
     try:
-        manifest = read_mmit(root, args.split)
+        manifest = read_split(root, args.split)
     except (ValueError, FileNotFoundError) as e:
         usage_error(e)
     connect_ray()

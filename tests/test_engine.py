@@ -92,6 +92,7 @@ def test_fp32_is_the_cpu_default():
     assert seen == [torch.float32]
 
 
+@pytest.mark.integration
 def test_compiled_model_trains_and_keeps_the_op_one_node():
     engine = tiny_engine(compile=True)
     before = engine.module.fc.weight.detach().clone()

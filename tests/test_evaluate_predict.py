@@ -107,6 +107,7 @@ def test_an_ensemble_of_clip_lengths_is_the_mean_of_its_models(cluster, root, tr
     np.testing.assert_allclose(both.probs, (alone[0] + alone[1]) / 2, rtol=1e-5, atol=1e-7)
 
 
+@pytest.mark.integration
 def test_tin_cannot_be_scored_at_another_clip_length(tracking, root, tmp_path):
     names = read_mmit(str(root), "validation").class_names
     uri = register(tracking, tmp_path, "tin4", "tin", 4, names)

@@ -343,6 +343,7 @@ def test_openapi_conversion_is_strict():
 @pytest.mark.parametrize(
     "kind,crd_name", [("RayCluster", "ray.io_rayclusters.yaml"), ("RayJob", "ray.io_rayjobs.yaml")]
 )
+@pytest.mark.integration
 def test_kuberay_resources_match_the_kuberay_crd(kind, crd_name):
     crd_dir = os.environ.get("KUBERAY_CRD_DIR") or (
         SHARED / "kuberay-crds" if (SHARED / "kuberay-crds").is_dir() else ""

@@ -222,6 +222,7 @@ def test_partial_bn_trains_only_first_bn():
     assert len(groups["bn"]["params"]) == 2
 
 
+@pytest.mark.integration
 def test_torch_compile_fullgraph_model():
     model = tiny("tin").eval()
     clips = torch.randn(1, T, 3, 32, 32)
@@ -248,6 +249,7 @@ def test_interlace_trace_reports_every_layer():
     assert model.training, "the trace must restore the training mode"
 
 
+@pytest.mark.integration
 def test_training_moves_the_offsets_and_weights():
     """The paper's Figure 5 needs offsets that learn: a few SGD steps on a direction task (a bright bar sweeping
     left or right) move TIN's offsets away from their start and make the weights differ across frames."""

@@ -277,6 +277,7 @@ FALLBACK = (
 )
 
 
+@pytest.mark.integration
 def test_reference_fallback_without_extension_logs_once_and_does_not_warn():
     """A registered model's consumer has tin_core without the extension: the reference serves, said once in the log,
     with no warning that would ask them to build a repository they do not have."""
@@ -286,6 +287,7 @@ def test_reference_fallback_without_extension_logs_once_and_does_not_warn():
     assert result.stderr.count("tin_ops extension is not installed") == 1, result.stderr
 
 
+@pytest.mark.integration
 def test_reference_fallback_warns_once_when_the_extension_is_broken(tmp_path):
     (tmp_path / "tin_ops.py").write_text("raise ImportError('undefined symbol: _ZN3c10')\n")
     code = f"import sys; sys.path.insert(0, {str(tmp_path)!r})\n" + FALLBACK

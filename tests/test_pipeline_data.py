@@ -88,6 +88,7 @@ def real_clips_root(tmp_path_factory, shared_videos) -> Path:
     return root
 
 
+@pytest.mark.integration
 def test_check_command_on_real_clips(real_clips_root, capsys):
     code = check.main([str(real_clips_root), "--num-segments", "8"])
     lines = capsys.readouterr().out.strip().splitlines()

@@ -93,6 +93,7 @@ def test_the_model_ships_only_tin_core_and_its_code(registered):
     assert example and sum(p.stat().st_size for p in example) < 200_000  # one clip of at most 32 px, not 4 x 224
 
 
+@pytest.mark.integration
 def test_loads_and_predicts_in_a_fresh_interpreter_with_only_its_requirements(registered, tmp_path):
     tracking, uri = registered
     local = mlflow.artifacts.download_artifacts(uri, tracking_uri=tracking)
@@ -110,6 +111,7 @@ def test_loads_and_predicts_in_a_fresh_interpreter_with_only_its_requirements(re
     assert "WARNING" not in result.stderr and "Warning" not in result.stderr, result.stderr[-2000:]
 
 
+@pytest.mark.integration
 def test_mlflow_models_serve_answers_a_json_request(registered):
     tracking, uri = registered
     port = free_port()

@@ -43,6 +43,7 @@ def decoder() -> ClipDecoder:
     return ClipDecoder(ClipSpec(num_segments=4, short_side=36, crop_size=32), 3, True, train=False)
 
 
+@pytest.mark.integration
 def test_short_outage_is_retried(s3_clip, monkeypatch):
     server, port, uri = s3_clip
     monkeypatch.setattr(storage, "RETRY_SECONDS", 90.0)
@@ -84,6 +85,7 @@ def test_missing_object_is_a_bad_video_not_an_outage(s3_clip):
     assert status != 0 and not np.any(clip)
 
 
+@pytest.mark.integration
 def test_checkpoint_filesystem_keeps_retrying_after_pickling(s3_clip):
     """Ray Train pickles the storage filesystem to its controller and workers; the copy must still ride out a short
     outage (a plain pyarrow S3FileSystem comes back with 3 quick attempts and fails the run)."""
@@ -123,3 +125,95 @@ def test_dropped_and_refused_connections_count_as_outages():
     assert storage.is_unavailable(botocore.exceptions.EndpointConnectionError(endpoint_url="http://127.0.0.1:9"))
     assert storage.is_unavailable(aiohttp.ServerDisconnectedError())
     assert not storage.is_unavailable(FileNotFoundError("s3://b/missing.mp4"))
+
+
+class SlowDownGate:
+    """A proxy in front of moto that answers 503 SlowDown, as S3 does under load, until `busy_until`."""
+
+    def __init__(self, upstream: str) -> None:
+        import http.client
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+        from urllib.parse import urlsplit
+
+        gate = self
+        self.busy_until = 0.0
+        self.refused = 0
+        host, port = urlsplit(upstream).hostname, urlsplit(upstream).port
+
+        class Handler(BaseHTTPRequestHandler):
+            def _answer(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                if time.monotonic() < gate.busy_until:
+                    gate.refused += 1
+                    error = b"<Error><Code>SlowDown</Code><Message>Please reduce your request rate.</Message></Error>"
+                    self.send_response(503)
+                    self.send_header("Content-Length", str(len(error)))
+                    self.end_headers()
+                    self.wfile.write(error)
+                    return
+                connection = http.client.HTTPConnection(host, port, timeout=30)
+                connection.request(self.command, self.path, body, dict(self.headers))
+                answer = connection.getresponse()
+                data = answer.read()
+                self.send_response(answer.status)
+                for key, value in answer.getheaders():
+                    if key.lower() not in ("content-length", "transfer-encoding", "connection"):
+                        self.send_header(key, value)
+                # A HEAD answer has no body but the object's length.
+                self.send_header("Content-Length", answer.getheader("Content-Length", "0") if self.command == "HEAD"
+                                 else str(len(data)))  # fmt: skip
+                self.end_headers()
+                self.wfile.write(data)
+
+            do_GET = do_HEAD = do_PUT = do_POST = do_DELETE = _answer
+
+            def log_message(self, *args) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.endpoint = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+
+@pytest.fixture
+def throttled_clip(s3_clip, monkeypatch):
+    server, port, uri = s3_clip
+    gate = SlowDownGate(f"http://127.0.0.1:{port}")
+    monkeypatch.setenv("AWS_ENDPOINT_URL", gate.endpoint)
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "3")  # botocore's own retries, before the reader's
+    s3fs.S3FileSystem.clear_instance_cache()
+    yield gate, uri
+    gate.server.shutdown()
+
+
+def test_throttling_is_retried_and_never_a_bad_video(throttled_clip, monkeypatch):
+    gate, uri = throttled_clip
+    monkeypatch.setattr(storage, "RETRY_SECONDS", 60.0)
+    gate.busy_until = time.monotonic() + 3.0
+    clip, status = decoder().decode(uri)
+    assert status == 0 and clip.any() and gate.refused >= 3
+
+
+def test_lasting_throttling_stops_with_a_clear_error(throttled_clip, monkeypatch):
+    gate, uri = throttled_clip
+    monkeypatch.setattr(storage, "RETRY_SECONDS", 2.0)
+    gate.busy_until = time.monotonic() + 3600
+    with pytest.raises(storage.StorageUnavailable, match="Service Unavailable|SlowDown|reduce your request rate"):
+        decoder().decode(uri)
+
+
+def test_throttling_and_server_errors_count_as_outages():
+    from botocore.exceptions import ClientError
+
+    def answer(code: str, status: int) -> ClientError:
+        return ClientError({"Error": {"Code": code}, "ResponseMetadata": {"HTTPStatusCode": status}}, "GetObject")
+
+    assert storage.is_unavailable(answer("SlowDown", 503)) and storage.is_unavailable(answer("InternalError", 500))
+    assert not storage.is_unavailable(answer("NoSuchKey", 404)) and not storage.is_unavailable(answer("403", 403))
+    try:  # s3fs re-raises boto's error as an OSError: judged by its cause
+        try:
+            raise answer("SlowDown", 503)
+        except ClientError as e:
+            raise OSError(5, "Please reduce your request rate.") from e
+    except OSError as wrapped:
+        assert storage.is_unavailable(wrapped)

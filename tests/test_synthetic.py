@@ -241,6 +241,7 @@ def test_cli(tmp_path: Path, capsys):
     assert '"max_events": 2' in (tmp_path / "cli" / "synthetic.json").read_text()
 
 
+@pytest.mark.integration
 def test_default_size_timing_and_balance(tmp_path: Path, capsys):
     start = time.perf_counter()
     root = generate_mmit(tmp_path / "full")

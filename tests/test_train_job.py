@@ -199,6 +199,7 @@ def test_data_and_checkpoints_on_s3(cluster, moto_s3, tiny_root, tmp_path):
     assert outcome.checkpoint.endswith("epoch-0000") and outcome.metrics["val_videos"] == 8
 
 
+@pytest.mark.integration
 def test_champion_moves_only_on_better_map(tmp_path):
     """The registry rule on a real MLflow store: each run registers a version; the alias follows the best mAP."""
     import torch
@@ -231,6 +232,7 @@ def test_champion_moves_only_on_better_map(tmp_path):
         (["--epochs", "two"], "Error parsing --epochs"),
     ],
 )
+@pytest.mark.integration
 def test_bad_input_fails_before_ray(args, message, tmp_path):
     start = time.time()
     result = subprocess.run([sys.executable, str(REPO / "jobs" / "train_mmit.py"), *args], capture_output=True,
@@ -241,6 +243,7 @@ def test_bad_input_fails_before_ray(args, message, tmp_path):
     assert time.time() - start < 60
 
 
+@pytest.mark.integration
 def test_bad_annotations_name_file_and_line(tmp_path, tiny_root):
     import shutil
 

@@ -73,6 +73,7 @@ def test_sweep_with_a_failing_trial(cluster, tmp_path):
     assert champion.run_id == best_child.info.run_id
 
 
+@pytest.mark.integration
 def test_sweep_flags_checked_before_ray(tmp_path):
     result = subprocess.run([sys.executable, str(REPO / "jobs" / "tune_mmit.py"), "--num-samples", "0"],
                             capture_output=True, text=True, env={**os.environ, "TIN_CACHE_DIR": str(tmp_path)},

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import math
+import random
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -65,7 +66,7 @@ def encode_labels(labels: list[int], num_classes: int, multi_label: bool) -> np.
 def decode_or_skip(uri: str, decode: Callable[[], np.ndarray], shape: tuple[int, ...]) -> tuple[np.ndarray, int]:
     """(decode(), 0), or (zeros of `shape`, reason code) for a video that cannot be decoded: logged with its path,
     never raised. Storage that does not answer is retried with backoff for storage.RETRY_SECONDS, then raises
-    StorageUnavailable: an outage stops the job rather than being counted as bad videos."""
+    StorageUnavailable: an outage or lasting throttling stops the job rather than being counted as bad videos."""
     deadline = time.monotonic() + storage.RETRY_SECONDS
     delay = 0.5
     while True:
@@ -78,8 +79,9 @@ def decode_or_skip(uri: str, decode: Callable[[], np.ndarray], shape: tuple[int,
                 raise storage.StorageUnavailable(
                     f"storage did not answer for {storage.RETRY_SECONDS:g} s reading {uri}: {e}"
                 ) from e
-            logger.warning("storage unavailable reading %s (%s); retrying in %.1f s", uri, e, delay)
-            time.sleep(delay)
+            wait = random.uniform(delay / 2, delay)  # jitter: readers that failed together retry apart
+            logger.warning("storage unavailable reading %s (%s); retrying in %.1f s", uri, e, wait)
+            time.sleep(wait)
             delay = min(delay * 2, 8.0)
 
 
@@ -88,7 +90,9 @@ def _decode_once(uri: str, decode: Callable[[], np.ndarray], shape: tuple[int, .
         return decode(), 0
     except DecodeError as e:
         if e.__cause__ is not None and storage.is_unavailable(e.__cause__):
-            raise e.__cause__ from e  # the store is away; the video may well be fine
+            # The store is away or busy; the video may well be fine. A new error: re-raising the cause would lose
+            # its own context (the botocore answer that says why).
+            raise ConnectionError(str(e.__cause__)) from e.__cause__
         logger.warning("skipping video %s: %s", uri, e.reason)
         return np.zeros(shape, dtype=np.uint8), reason_code(e.reason)
     except Exception as e:  # a decoder bug or odd file must not take the job down: skip and report it

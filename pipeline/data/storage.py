@@ -32,7 +32,11 @@ def s3_options() -> dict:
     region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
     if region:
         client_kwargs["region_name"] = region
-    options: dict = {"client_kwargs": client_kwargs}
+    # botocore's adaptive retries: throttling (503 SlowDown) and 5xx answers back off with jitter, then the readers
+    # retry for RETRY_SECONDS (see dataset.decode_or_skip).
+    retries = {"mode": os.environ.get("AWS_RETRY_MODE", "adaptive"),
+               "max_attempts": int(os.environ.get("AWS_MAX_ATTEMPTS", "3"))}  # fmt: skip
+    options: dict = {"client_kwargs": client_kwargs, "config_kwargs": {"retries": retries}}
     if os.environ.get("AWS_PROFILE"):
         options["profile"] = os.environ["AWS_PROFILE"]
     return options
@@ -77,8 +81,27 @@ class StorageUnavailable(ConnectionError):
     """Storage did not answer within RETRY_SECONDS: the job stops (the data is not bad, the store is away)."""
 
 
+# S3 answers that mean "not now" rather than "not there": throttling and server-side errors.
+BUSY_CODES = {"SlowDown", "Throttling", "ThrottlingException", "RequestLimitExceeded", "ServiceUnavailable",
+              "InternalError", "RequestTimeout"}  # fmt: skip
+
+
 def is_unavailable(error: BaseException) -> bool:
-    """A connection failure (endpoint down, timeout), as opposed to a missing or unreadable object."""
+    """A store that does not answer or is overloaded (endpoint down, timeout, throttling, 5xx), as opposed to a
+    missing or unreadable object. Wrapped errors (s3fs re-raises boto's as OSError) are judged by their cause."""
+    pending, seen = [error], set()
+    while pending:
+        error = pending.pop()
+        if error is None or id(error) in seen:
+            continue
+        if _unavailable(error):
+            return True
+        seen.add(id(error))
+        pending += [error.__cause__, error.__context__]
+    return False
+
+
+def _unavailable(error: BaseException) -> bool:
     if isinstance(error, (ConnectionError, TimeoutError)):
         return True
     try:
@@ -88,6 +111,10 @@ def is_unavailable(error: BaseException) -> bool:
         closed = botocore.exceptions.ConnectionClosedError
         if isinstance(error, (botocore.exceptions.ConnectionError, botocore.exceptions.ReadTimeoutError, closed)):
             return True
+        if isinstance(error, botocore.exceptions.ClientError):
+            answer = error.response
+            status = answer.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0
+            return status >= 500 or answer.get("Error", {}).get("Code") in BUSY_CODES
     except ImportError:
         pass
     try:

@@ -20,7 +20,7 @@ Why it is built this way (the clips in shared/videos show each case):
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from typing import IO
 
@@ -77,14 +77,19 @@ def decode_clip(
 
     short_side resizes at decode so min(H, W) == short_side, keeping the aspect ratio (None: native size).
     backend "auto" uses decord where it is trustworthy and PyAV otherwise; "decord"/"pyav" force one (tests).
+    A frame-shard row (`....parquet#N`, pipeline.data.shards) is served from its stored JPEGs instead.
     """
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if ".parquet#" in uri:  # a video's row in a frame shard (pipeline.data.shards)
+        from pipeline.data.shards import decode_row_clip
+
+        return decode_row_clip(uri, sample, short_side)
     with _open(uri) as f:
         scan = _scan(f, uri)
         info = scan.info
         indices = _indices(sample, info.num_frames)
-        size = _target_size(info.height, info.width, short_side)
+        size = target_size(info.height, info.width, short_side)
         if backend != "pyav":
             try:
                 frames = _decord_frames(f, indices, size, scan)
@@ -102,11 +107,85 @@ def decode_clip(
         return frames, replace(info, backend="pyav")
 
 
+def iter_frames(
+    uri: str, short_side: int | None = None, fps: float | None = None
+) -> tuple[VideoInfo, Iterator[np.ndarray]]:
+    """(info, frames): every frame of the first video stream in order (or those nearest a resampling to `fps`), as
+    uint8 RGB [H, W, 3] resized to `short_side`, rotation applied; one at a time, so a long video never sits whole
+    in memory. `info.num_frames` is the count the scan found; decoding may end earlier (a truncated stream)."""
+    f = _open(uri)
+    try:
+        scan = _scan(f, uri)
+    except BaseException:
+        f.close()
+        raise
+    info = scan.info
+    keep = None
+    if fps and info.fps and fps < info.fps:
+        keep = set(np.floor(np.arange(0, info.num_frames * fps / info.fps) * info.fps / fps).astype(int).tolist())
+        info = replace(info, fps=fps)
+    height, width = target_size(info.height, info.width, short_side)
+    if scan.quarter_turns % 2:  # np.rot90 follows the reformat, so scale to the pre-rotation size
+        height, width = width, height
+
+    def frames() -> Iterator[np.ndarray]:
+        with f:
+            f.seek(0)
+            try:
+                with av.open(f, mode="r") as container:
+                    stream = container.streams.video[0]
+                    stream.thread_type = "AUTO"
+                    for number, frame in enumerate(container.decode(stream)):
+                        if keep is None or number in keep:
+                            rgb = frame.reformat(width=width, height=height, format="rgb24", interpolation="BILINEAR")
+                            yield np.ascontiguousarray(np.rot90(rgb.to_ndarray(), scan.quarter_turns))
+            except (av.FFmpegError, ValueError) as e:
+                raise DecodeError(uri, "corrupt", str(e)) from _cause(f, e)
+
+    return info, frames()
+
+
 def _open(uri: str) -> IO[bytes]:
     try:
-        return open_uri(uri, "rb")
+        return _Recording(open_uri(uri, "rb"))
     except (OSError, ValueError) as e:
         raise DecodeError(uri, "unreadable", str(e)) from e
+
+
+class _Recording:
+    """A file object that keeps the last error its reads raised: PyAV reports a failed read as its own error, and
+    the storage error behind it (a store away or throttling) must still reach the caller as the cause."""
+
+    def __init__(self, f) -> None:
+        self._f = f
+        self.error: BaseException | None = None
+
+    def read(self, *args):
+        return self._recorded(self._f.read, *args)
+
+    def seek(self, *args):
+        return self._recorded(self._f.seek, *args)
+
+    def _recorded(self, call, *args):
+        try:
+            return call(*args)
+        except Exception as e:
+            self.error = e
+            raise
+
+    def __getattr__(self, name: str):
+        return getattr(self._f, name)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._f.close()
+
+
+def _cause(f, error: BaseException) -> BaseException:
+    """The storage error behind a decoder's error, when a read failed; else the decoder's own."""
+    return getattr(f, "error", None) or error
 
 
 def _scan(f: IO[bytes], uri: str) -> _Scan:
@@ -114,7 +193,7 @@ def _scan(f: IO[bytes], uri: str) -> _Scan:
     try:
         container = av.open(f, mode="r")
     except (av.FFmpegError, OSError, ValueError) as e:
-        raise DecodeError(uri, "unreadable", str(e)) from e
+        raise DecodeError(uri, "unreadable", str(e)) from _cause(f, e)
     with container:
         if not container.streams.video:
             raise DecodeError(uri, "no_video_stream")
@@ -127,7 +206,7 @@ def _scan(f: IO[bytes], uri: str) -> _Scan:
                 if packet.size and not packet.is_discard:
                     count += 1
         except (av.FFmpegError, ValueError) as e:
-            raise DecodeError(uri, "corrupt", str(e)) from e
+            raise DecodeError(uri, "corrupt", str(e)) from _cause(f, e)
         if first is None or count == 0:
             raise DecodeError(uri, "no_frames")
         turns = round((first.rotation or 0) / 90) % 4
@@ -144,7 +223,7 @@ def _indices(sample: Sample, num_frames: int) -> np.ndarray:
     return indices
 
 
-def _target_size(height: int, width: int, short_side: int | None) -> tuple[int, int]:
+def target_size(height: int, width: int, short_side: int | None) -> tuple[int, int]:
     """(height, width) with the short side scaled to short_side, aspect kept."""
     if short_side is None:
         return height, width
@@ -196,7 +275,7 @@ def _pyav_frames(
                 if number >= last:
                     break
     except (av.FFmpegError, ValueError) as e:
-        raise DecodeError(uri, "corrupt", str(e)) from e
+        raise DecodeError(uri, "corrupt", str(e)) from _cause(f, e)
     if decoded == 0:
         raise DecodeError(uri, "no_frames")
     if len(picked) < len(wanted):

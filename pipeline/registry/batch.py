@@ -16,7 +16,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.data import storage
+from pipeline.data import shards, storage
 from pipeline.data.annotations.rows import AnnotationError, csv_rows, read_text, text_lines
 from pipeline.data.views import ViewSpec
 from pipeline.registry.scoring import load_classifier, reason, score_dataset
@@ -36,8 +36,11 @@ SCHEMA = pa.schema(
 
 def list_inputs(source: str) -> list[str]:
     """Video URIs of a folder or s3:// prefix (found by extension, recursively), an MMiT CSV (paths relative to the
-    dataset's videos/ folder), or a text file of one path or URI per line ('#' starts a comment)."""
+    dataset's videos/ folder), or a text file of one path or URI per line ('#' starts a comment); for a frame-shard
+    dataset (pipeline.data.shards), the rows of all its videos."""
     fs, path = storage.filesystem(source)
+    if fs.isdir(path) and shards.is_shard_dataset(source):
+        return [uri for _, uri, _ in shards.index_rows(source)]
     if fs.isdir(path):
         prefix = "s3://" if source.startswith("s3://") else ""
         found = sorted(p for p in fs.find(path) if p.lower().endswith(VIDEO_EXTENSIONS))

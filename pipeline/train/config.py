@@ -28,7 +28,8 @@ from tin_core import ModelConfig
 @dataclass
 class DataConfig:
     root: Annotated[str, tyro.conf.arg(name="data")] = ""
-    """dataset root in MMiT layout (local path or s3://bucket/prefix); empty: the generated default"""
+    """dataset root in MMiT layout or a frame-shard dataset (jobs/prepare_mmit.py), local or s3://; empty: the
+    generated default"""
     frame_size: int = 32
     """crop size in pixels; frames are resized to a short side of frame_size * 8/7"""
     flip: bool = False
@@ -111,6 +112,8 @@ class TrackingConfig:
     """MLflow experiment"""
     register_as: str = "tin-mmit"
     """MLflow registered model name"""
+    log_every_steps: int = 50
+    """rank 0 prints loss and clips/s every this many steps (0: only the per-epoch line)"""
 
 
 @dataclass
@@ -143,6 +146,7 @@ class JobConfig:
             (bool(d.crop_scales) and all(0 < s <= 1 for s in d.crop_scales), "crop_scales", "in (0, 1]"),
             (0 <= o.warmup_start <= 1, "warmup_start", "in [0, 1]"),
             (o.interlace_lr_mult > 0, "interlace_lr_mult", "> 0"),
+            (self.tracking.log_every_steps >= 0, "log_every_steps", ">= 0"),
         ]
         for ok, name, expected in checks:
             if not ok:

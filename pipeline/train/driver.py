@@ -20,13 +20,15 @@ from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, Sc
 from ray.train.torch import TorchConfig, TorchTrainer
 
 from pipeline.data import storage
-from pipeline.data.annotations import Manifest, read_mmit
+from pipeline.data.annotations import Manifest
 from pipeline.data.dataset import clip_dataset, manifest_rows
+from pipeline.data.shards import read_split
 from pipeline.data.storage import DEFAULT_CACHE
 from pipeline.data.synthetic import SyntheticSpec, generate_mmit
 from pipeline.registry.tracking import Tracker, finishing, redact, start_run, tracking_uri
 from pipeline.train.config import JobConfig, flat_values
 from pipeline.train.loop import clip_spec, train_loop_per_worker
+from pipeline.train.progress import EpochProgress
 from pipeline.train.results import (
     TrainOutcome,
     best_checkpoint,
@@ -56,7 +58,7 @@ def load_datasets(cfg: JobConfig) -> Datasets:
     root = cfg.data.root or default_data_root(cfg)
     if not storage.exists(root):
         raise ValueError(f"--data {root}: no such directory or bucket prefix")
-    train, val = read_mmit(root, "training"), read_mmit(root, "validation")
+    train, val = read_split(root, "training"), read_split(root, "validation")
     for name, manifest in (("trainingSet.csv", train), ("validationSet.csv", val)):
         if not manifest.records:
             raise ValueError(f"--data {root}: {name} lists no videos")
@@ -77,7 +79,9 @@ def preflight(cfg: JobConfig) -> Datasets:
 def worker_env() -> dict[str, str]:
     """Environment of the training workers: DeepSpeed's accelerator and a project-local build cache for its ops."""
     env = {"TORCH_EXTENSIONS_DIR": str(DEFAULT_CACHE / "torch_extensions")}
-    for key in ("DS_ACCELERATOR", "AWS_ENDPOINT_URL", "AWS_DEFAULT_REGION", "AWS_REGION", "TIN_STORAGE_RETRY_SECONDS"):
+    keys = ("DS_ACCELERATOR", "AWS_ENDPOINT_URL", "AWS_DEFAULT_REGION", "AWS_REGION", "AWS_RETRY_MODE",
+            "AWS_MAX_ATTEMPTS", "TIN_STORAGE_RETRY_SECONDS")  # fmt: skip
+    for key in keys:
         if key in os.environ:
             env[key] = os.environ[key]
     return env
@@ -168,7 +172,7 @@ def run_training(cfg: JobConfig, datasets: Datasets | None = None) -> TrainOutco
     tracker = start_run(uri, cfg.tracking.experiment, run_name, params)
     logger.info("MLflow run %s in %s", tracker.run_id, redact(uri))
     with storage_errors_as_unavailable(datasets.root, cfg.tracking.storage), finishing(tracker):
-        result = build_trainer(cfg, datasets, tracker, run_name).fit()
+        result = build_trainer(cfg, datasets, tracker, run_name, [EpochProgress(cfg.optim.epochs)]).fit()
         if result.error:
             raise result.error
         raise_on_bad_videos(result.metrics, cfg, datasets.root)

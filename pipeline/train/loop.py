@@ -9,6 +9,7 @@ last checkpoint.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import tempfile
 import time
@@ -25,7 +26,10 @@ import torch.nn.functional as F
 from pipeline.data.dataset import BadVideoCounter, ClipSpec, clip_dataset, torch_batches
 from pipeline.train.config import JobConfig
 from pipeline.train.engine import make_engine
+from pipeline.train.progress import quiet_ray_reports, step_line
 from tin_core import ap_per_class, classification_metrics
+
+logger = logging.getLogger(__name__)
 
 META_FILE = "meta.json"
 
@@ -75,9 +79,11 @@ def with_last(items):
 _END = object()
 
 
-def train_one_epoch(engine, shard, cfg: JobConfig, epoch: int, steps_per_epoch: int, device) -> dict:
+def train_one_epoch(
+    engine, shard, cfg: JobConfig, epoch: int, steps_per_epoch: int, device, log_every: int = 0
+) -> dict:
     """One pass over this worker's shard. Bad clips stay in the batch with zero loss weight, so every rank takes the
-    same number of steps (DDP and ZeRO synchronise on each)."""
+    same number of steps (DDP and ZeRO synchronise on each). Every `log_every` steps a progress line is printed."""
     engine.module.train()
     counter = BadVideoCounter()
     loss_sum, clips, steps, waited = 0.0, 0, 0, 0.0
@@ -94,6 +100,9 @@ def train_one_epoch(engine, shard, cfg: JobConfig, epoch: int, steps_per_epoch: 
         clips += int(good.sum())
         steps += 1
         last = time.perf_counter()
+        if log_every and steps % log_every == 0:
+            rate = clips / (last - start)
+            logger.info(step_line(epoch, steps, steps_per_epoch, loss_sum / max(clips, 1), rate))
     return {"loss_sum": loss_sum, "clips": clips, "waited": waited, "elapsed": time.perf_counter() - start,
             "seen": counter.seen, "bad": dict(counter.bad)}  # fmt: skip
 
@@ -161,6 +170,7 @@ def train_loop_per_worker(config: dict) -> None:
     cfg: JobConfig = config["job"]
     data = config["data"]
     ray.data.DataContext.get_current().enable_progress_bars = False  # worker logs stay readable
+    quiet_ray_reports()
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
     device = ray.train.torch.get_device()
@@ -177,7 +187,8 @@ def train_loop_per_worker(config: dict) -> None:
     val_ds = validation_dataset(data["val_rows"], cfg, data, rank, world)
     for epoch in range(start_epoch, cfg.optim.epochs):
         started = time.perf_counter()
-        train = all_gather(train_one_epoch(engine, shard, cfg, epoch, data["steps_per_epoch"], device))
+        log_every = cfg.tracking.log_every_steps if rank == 0 else 0
+        train = all_gather(train_one_epoch(engine, shard, cfg, epoch, data["steps_per_epoch"], device, log_every))
         trained = time.perf_counter()
         val = evaluate(engine, val_ds, len(data["val_rows"]), cfg, data["num_classes"], device)
         validated = time.perf_counter()
