@@ -27,7 +27,7 @@ from pipeline.data.storage import DEFAULT_CACHE
 from pipeline.data.synthetic import SyntheticSpec, generate_mmit
 from pipeline.registry.tracking import Tracker, finishing, redact, start_run, tracking_uri
 from pipeline.train.config import JobConfig, flat_values
-from pipeline.train.loop import clip_spec, train_loop_per_worker
+from pipeline.train.loop import clip_spec, resolved_model, train_loop_per_worker
 from pipeline.train.progress import EpochProgress
 from pipeline.train.results import (
     TrainOutcome,
@@ -71,8 +71,12 @@ def preflight(cfg: JobConfig) -> Datasets:
     datasets = load_datasets(cfg)
     if cfg.model.pretrained and not storage.exists(cfg.model.pretrained):
         raise ValueError(f"--pretrained {cfg.model.pretrained}: no such file")
-    # Build the model once here: a bad combination (e.g. groups that do not divide the channels) fails now.
-    dataclasses.replace(cfg.model, pretrained="").build(datasets.train.num_classes)
+    init = cfg.model.init_from
+    if init and not init.startswith("models:/") and not storage.exists(init):
+        raise ValueError(f"--init-from {init}: no such file")
+    # Build the model once here: a bad combination (e.g. groups that do not divide the channels) or a checkpoint
+    # that does not fit fails now.
+    dataclasses.replace(resolved_model(cfg), pretrained="").build(datasets.train.num_classes)
     return datasets
 
 
