@@ -22,7 +22,7 @@ from ray.train.torch import TorchConfig, TorchTrainer
 from pipeline.data import storage
 from pipeline.data.annotations import Manifest
 from pipeline.data.dataset import clip_dataset, manifest_rows
-from pipeline.data.shards import read_split
+from pipeline.data.layouts import read_dataset
 from pipeline.data.storage import DEFAULT_CACHE
 from pipeline.data.synthetic import SyntheticSpec, generate_mmit
 from pipeline.registry.tracking import Tracker, finishing, redact, start_run, tracking_uri
@@ -58,10 +58,11 @@ def load_datasets(cfg: JobConfig) -> Datasets:
     root = cfg.data.root or default_data_root(cfg)
     if not storage.exists(root):
         raise ValueError(f"--data {root}: no such directory or bucket prefix")
-    train, val = read_split(root, "training"), read_split(root, "validation")
-    for name, manifest in (("trainingSet.csv", train), ("validationSet.csv", val)):
+    train = read_dataset(root, cfg.data.format, "training")
+    val = read_dataset(root, cfg.data.format, "validation", train.class_names)
+    for split, manifest in (("training", train), ("validation", val)):
         if not manifest.records:
-            raise ValueError(f"--data {root}: {name} lists no videos")
+            raise ValueError(f"--data {root}: the {cfg.data.format} {split} split lists no videos")
     return Datasets(root, train, val)
 
 

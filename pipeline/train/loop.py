@@ -25,6 +25,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from pipeline.data.dataset import BadVideoCounter, ClipSpec, clip_dataset, torch_batches
+from pipeline.data.layouts import DIRECTION_SENSITIVE
 from pipeline.registry.tracking import registered_weights, tracking_uri
 from pipeline.train.config import JobConfig
 from pipeline.train.engine import make_engine
@@ -38,7 +39,8 @@ META_FILE = "meta.json"
 
 def clip_spec(cfg: JobConfig) -> ClipSpec:
     d = cfg.data
-    return ClipSpec(cfg.model.num_segments, d.short_side, d.frame_size, d.flip, tuple(d.crop_scales))
+    flip = d.flip and d.format not in DIRECTION_SENSITIVE  # a flip would swap left and right classes
+    return ClipSpec(cfg.model.num_segments, d.short_side, d.frame_size, flip, tuple(d.crop_scales))
 
 
 def resolved_model(cfg: JobConfig) -> ModelConfig:
