@@ -32,6 +32,8 @@ class Evaluate:
     """MLflow model URI"""
     data: str = ""
     """dataset root (local or s3://) in the MMiT layout or a frame-shard dataset; empty: the job's embedded dataset"""
+    format: Literal["mmit", "kinetics", "sthv1", "sthv2", "jester", "ucf101", "hmdb51", "list"] = "mmit"
+    """annotation layout under --data (pipeline/data/layouts.py)"""
     split: Literal["training", "validation"] = "validation"
     clips: int = 1
     """clips per video, spread evenly within each segment"""
@@ -56,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     args = tyro.cli(Evaluate, args=argv, description=__doc__)
     import mlflow
 
-    from pipeline.data.shards import read_split
+    from pipeline.data.layouts import read_dataset
     from pipeline.registry.evaluate import evaluate, log_evaluation
     from pipeline.registry.tracking import tracking_uri
     from pipeline.train.config import JobConfig, usage_error
@@ -68,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     mlflow.set_tracking_uri(uri)
     root = args.data or default_data_root(JobConfig())
     try:
-        manifest = read_split(root, args.split)
+        manifest = read_dataset(root, args.format, args.split)
     except (ValueError, FileNotFoundError) as e:
         usage_error(e)
     connect_ray()

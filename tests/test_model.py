@@ -292,4 +292,8 @@ def test_metrics():
     assert map_over_classes(perfect, targets) == pytest.approx(1.0)
     assert top_k_accuracy(np.array([[0.1, 0.5, 0.4], [0.8, 0.1, 0.1]]), np.array([2, 0]), 1) == pytest.approx(0.5)
     single = classification_metrics(np.array([[0.1, 0.5, 0.4], [0.8, 0.1, 0.1]]), np.array([2, 0]))
-    assert set(single) == {"map", "map_classes", "top1", "top5"} and single["top5"] == 1.0
+    assert set(single) == {"map", "map_classes", "top1", "top5", "mean_class_accuracy"} and single["top5"] == 1.0
+    # three videos of class 0 right, the one of class 1 wrong: top-1 0.75, mean over the two classes 0.5
+    scores = np.array([[0.9, 0.1], [0.8, 0.2], [0.7, 0.3], [0.6, 0.4]])
+    unbalanced = classification_metrics(scores, np.array([0, 0, 0, 1]))
+    assert unbalanced["top1"] == pytest.approx(0.75) and unbalanced["mean_class_accuracy"] == pytest.approx(0.5)

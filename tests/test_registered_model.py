@@ -75,12 +75,26 @@ def registered(tmp_path_factory):
     tracking = f"sqlite:///{tmp}/mlflow.db"
     with current_tracking_uri(tracking):
         model = ModelConfig(arch="tin", num_segments=SEGMENTS)
+        torch.manual_seed(7)
         torch.save(model.build(CLASSES).state_dict(), tmp / "model.pt")
         config = model_config(model, CLASSES, 32, 36, [f"c{k}" for k in range(CLASSES)], True)
         tracker = start_run(tracking, "standalone", "run", {})
         clips = np.zeros((4, SEGMENTS, 224, 224, 3), np.uint8)
         log_and_register_model(tracker, tmp / "model.pt", config, "standalone", 0.5, clips)
         yield tracking, "models:/standalone@champion"
+
+
+def test_a_registered_model_initialises_a_fine_tuning_run(registered, tmp_path):
+    """--init-from models:/...: the registered weights reach a new model, with a head for another class count."""
+    from pipeline.registry.tracking import registered_weights
+
+    tracking, uri = registered
+    weights = registered_weights(uri, tracking)
+    saved = torch.load(weights, weights_only=True)
+    model = ModelConfig(arch="tin", num_segments=SEGMENTS, init_from=weights).build(CLASSES + 2)
+    assert torch.equal(model.state_dict()["backbone.layer3.1.conv1.temporal.offset_net.fc2.bias"],
+                       saved["backbone.layer3.1.conv1.temporal.offset_net.fc2.bias"])  # fmt: skip
+    assert torch.equal(model.backbone.conv1.weight, saved["backbone.conv1.weight"]) and model.fc.out_features == 7
 
 
 def test_the_model_ships_only_tin_core_and_its_code(registered):

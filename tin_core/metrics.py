@@ -7,7 +7,7 @@ classes is the usual per-class mean. Both skip what has no positive label (AP is
 from __future__ import annotations
 
 import numpy as np
-from sklearn.metrics import average_precision_score, top_k_accuracy_score
+from sklearn.metrics import average_precision_score, balanced_accuracy_score, top_k_accuracy_score
 
 
 def map_over_videos(scores: np.ndarray, targets: np.ndarray) -> float:
@@ -49,6 +49,7 @@ def classification_metrics(scores: np.ndarray, targets: np.ndarray) -> dict[str,
             "map_classes": map_over_classes(scores, multi_hot),
             "top1": top_k_accuracy(scores, targets, 1),
             "top5": top_k_accuracy(scores, targets, 5),
+            "mean_class_accuracy": float(balanced_accuracy_score(targets, scores.argmax(axis=1))),
         }
     return {"map": map_over_videos(scores, targets), "map_classes": map_over_classes(scores, targets)}
 

@@ -195,9 +195,12 @@ class ModelConfig:
     """TIN: where the offsets start, in frames (1.0 starts as TSM's shift; the authors: 0.5, from TSM weights)"""
     interlace_zero_init: bool = False
     """TIN: OffsetNet's and WeightNet's last layers start at zero, so every clip starts at offset_init, weights 1"""
+    init_from: str = ""
+    """fine-tune from a TSN/TSM/TIN checkpoint (ours, the authors', mmaction2's; path, URI or models:/...)"""
 
     def build(self, num_classes: int) -> VideoClassifier:
-        return build_model(
+        """The classifier, initialised from `init_from` when it names a file (models:/ URIs are resolved by the job)."""
+        model = build_model(
             self.arch,
             num_classes,
             num_segments=self.num_segments,
@@ -213,6 +216,13 @@ class ModelConfig:
             offset_init=self.offset_init,
             interlace_zero_init=self.interlace_zero_init,
         )
+        if self.init_from:
+            if self.init_from.startswith("models:/"):
+                raise ValueError(f"init_from {self.init_from!r}: resolve a registered model to its weights file first")
+            from tin_core.checkpoints import init_from
+
+            init_from(model, self.init_from)
+        return model
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

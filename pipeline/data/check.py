@@ -10,8 +10,8 @@ import argparse
 import sys
 from concurrent.futures import ThreadPoolExecutor
 
+from pipeline.data.layouts import FORMATS, read_dataset
 from pipeline.data.sampling import segment_indices
-from pipeline.data.shards import read_split
 from pipeline.data.video import DecodeError, decode_clip
 
 
@@ -33,15 +33,16 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pipeline check", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     parser.add_argument(
-        "root", help="dataset root in MMiT layout or a frame-shard dataset: local path or s3://bucket/prefix"
+        "root", help="dataset root (see --format) or a frame-shard dataset: local path or s3://bucket/prefix"
     )
+    parser.add_argument("--format", choices=FORMATS, default="mmit", help="annotation layout (pipeline.data.layouts)")
     parser.add_argument("--split", choices=("training", "validation"), default="training")
     parser.add_argument("--num-segments", type=int, default=8, help="frames sampled per clip")
     parser.add_argument("--max-bad-fraction", type=float, default=0.05, help="largest acceptable skipped fraction")
     parser.add_argument("--threads", type=int, default=4, help="clips decoded at once")
     args = parser.parse_args(argv)
     try:
-        manifest = read_split(args.root, args.split)
+        manifest = read_dataset(args.root, args.format, args.split)
     except (ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

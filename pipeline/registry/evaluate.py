@@ -13,7 +13,6 @@ from dataclasses import dataclass, field
 import mlflow
 import numpy as np
 from mlflow.store.artifact.utils.models import get_model_name_and_version
-from sklearn.metrics import balanced_accuracy_score
 
 from pipeline.data.annotations import Manifest
 from pipeline.data.dataset import manifest_rows
@@ -79,8 +78,6 @@ def targets_of(manifest: Manifest) -> np.ndarray:
 def metrics_of(probs: np.ndarray, targets: np.ndarray, class_names: list[str]) -> tuple[dict, dict]:
     """(metrics with `val_` names, AP per class name) of the scored videos."""
     metrics = {f"val_{k}": v for k, v in classification_metrics(probs, targets).items()}
-    if targets.ndim == 1:
-        metrics["val_mean_class_accuracy"] = float(balanced_accuracy_score(targets, probs.argmax(axis=1)))
     return metrics, dict(zip(class_names, ap_per_class(probs, targets), strict=True))
 
 

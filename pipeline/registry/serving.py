@@ -18,7 +18,7 @@ def model_config(
 ) -> dict:
     """What the pyfunc needs to rebuild the network and prepare its input (saved as a JSON artifact)."""
     return {
-        "model": dataclasses.replace(model, pretrained="").to_dict(),  # the weights are the model's own
+        "model": dataclasses.replace(model, pretrained="", init_from="").to_dict(),  # the weights are the model's own
         "num_classes": num_classes,
         "frame_size": frame_size,
         "short_side": short_side,

@@ -197,3 +197,15 @@ def log_and_register_model(
         f"{champion.version} (val_map {champion_map:.4f})"
     )
     return version, False, message
+
+
+def registered_weights(model_uri: str, uri: str) -> str:
+    """The local weights file (a state dict in our layout) of a logged or registered model (models:/...)."""
+    import mlflow
+
+    local = Path(mlflow.artifacts.download_artifacts(artifact_uri=f"{model_uri.rstrip('/')}/artifacts",
+                                                     tracking_uri=uri))  # fmt: skip
+    weights = sorted(p for p in local.rglob("*.pt"))
+    if not weights:
+        raise ValueError(f"--init-from {model_uri}: the model has no weights file")
+    return str(weights[0])

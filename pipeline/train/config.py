@@ -30,6 +30,8 @@ class DataConfig:
     root: Annotated[str, tyro.conf.arg(name="data")] = ""
     """dataset root in MMiT layout or a frame-shard dataset (jobs/prepare_mmit.py), local or s3://; empty: the
     generated default"""
+    format: Literal["mmit", "kinetics", "sthv1", "sthv2", "jester", "ucf101", "hmdb51", "list"] = "mmit"
+    """the dataset's annotation layout under --data (pipeline/data/layouts.py)"""
     frame_size: int = 32
     """crop size in pixels; frames are resized to a short side of frame_size * 8/7"""
     flip: bool = False

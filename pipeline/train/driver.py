@@ -22,12 +22,12 @@ from ray.train.torch import TorchConfig, TorchTrainer
 from pipeline.data import storage
 from pipeline.data.annotations import Manifest
 from pipeline.data.dataset import clip_dataset, manifest_rows
-from pipeline.data.shards import read_split
+from pipeline.data.layouts import read_dataset
 from pipeline.data.storage import DEFAULT_CACHE
 from pipeline.data.synthetic import SyntheticSpec, generate_mmit
 from pipeline.registry.tracking import Tracker, finishing, redact, start_run, tracking_uri
 from pipeline.train.config import JobConfig, flat_values
-from pipeline.train.loop import clip_spec, train_loop_per_worker
+from pipeline.train.loop import clip_spec, resolved_model, train_loop_per_worker
 from pipeline.train.progress import EpochProgress
 from pipeline.train.results import (
     TrainOutcome,
@@ -58,10 +58,11 @@ def load_datasets(cfg: JobConfig) -> Datasets:
     root = cfg.data.root or default_data_root(cfg)
     if not storage.exists(root):
         raise ValueError(f"--data {root}: no such directory or bucket prefix")
-    train, val = read_split(root, "training"), read_split(root, "validation")
-    for name, manifest in (("trainingSet.csv", train), ("validationSet.csv", val)):
+    train = read_dataset(root, cfg.data.format, "training")
+    val = read_dataset(root, cfg.data.format, "validation", train.class_names)
+    for split, manifest in (("training", train), ("validation", val)):
         if not manifest.records:
-            raise ValueError(f"--data {root}: {name} lists no videos")
+            raise ValueError(f"--data {root}: the {cfg.data.format} {split} split lists no videos")
     return Datasets(root, train, val)
 
 
@@ -71,8 +72,12 @@ def preflight(cfg: JobConfig) -> Datasets:
     datasets = load_datasets(cfg)
     if cfg.model.pretrained and not storage.exists(cfg.model.pretrained):
         raise ValueError(f"--pretrained {cfg.model.pretrained}: no such file")
-    # Build the model once here: a bad combination (e.g. groups that do not divide the channels) fails now.
-    dataclasses.replace(cfg.model, pretrained="").build(datasets.train.num_classes)
+    init = cfg.model.init_from
+    if init and not init.startswith("models:/") and not storage.exists(init):
+        raise ValueError(f"--init-from {init}: no such file")
+    # Build the model once here: a bad combination (e.g. groups that do not divide the channels) or a checkpoint
+    # that does not fit fails now.
+    dataclasses.replace(resolved_model(cfg), pretrained="").build(datasets.train.num_classes)
     return datasets
 
 

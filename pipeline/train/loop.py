@@ -8,6 +8,7 @@ last checkpoint.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -24,10 +25,12 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from pipeline.data.dataset import BadVideoCounter, ClipSpec, clip_dataset, torch_batches
+from pipeline.data.layouts import DIRECTION_SENSITIVE
+from pipeline.registry.tracking import registered_weights, tracking_uri
 from pipeline.train.config import JobConfig
 from pipeline.train.engine import make_engine
 from pipeline.train.progress import quiet_ray_reports, step_line
-from tin_core import ap_per_class, classification_metrics
+from tin_core import ModelConfig, ap_per_class, classification_metrics
 
 logger = logging.getLogger(__name__)
 
@@ -36,7 +39,16 @@ META_FILE = "meta.json"
 
 def clip_spec(cfg: JobConfig) -> ClipSpec:
     d = cfg.data
-    return ClipSpec(cfg.model.num_segments, d.short_side, d.frame_size, d.flip, tuple(d.crop_scales))
+    flip = d.flip and d.format not in DIRECTION_SENSITIVE  # a flip would swap left and right classes
+    return ClipSpec(cfg.model.num_segments, d.short_side, d.frame_size, flip, tuple(d.crop_scales))
+
+
+def resolved_model(cfg: JobConfig) -> ModelConfig:
+    """The model section with a models:/ --init-from downloaded to a local weights file."""
+    if not cfg.model.init_from.startswith("models:/"):
+        return cfg.model
+    weights = registered_weights(cfg.model.init_from, tracking_uri(cfg.tracking.mlflow_uri))
+    return dataclasses.replace(cfg.model, init_from=weights)
 
 
 def lr_factor(cfg: JobConfig, epoch: float) -> float:
@@ -177,7 +189,7 @@ def train_loop_per_worker(config: dict) -> None:
     if cfg.dist.threads_per_worker > 0 and device.type == "cpu":
         torch.set_num_threads(cfg.dist.threads_per_worker)
     torch.manual_seed(cfg.optim.seed)  # the same initial weights on every rank
-    model = cfg.model.build(data["num_classes"])
+    model = resolved_model(cfg).build(data["num_classes"])
     engine = make_engine(model, cfg, device, fc_lr5=bool(cfg.model.pretrained))
     tracker = config.get("tracker") if rank == 0 else None
 

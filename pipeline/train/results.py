@@ -72,7 +72,7 @@ def log_results(cfg: JobConfig, tracker: Tracker, datasets: Datasets, checkpoint
     """Artifacts (config, complexity, per-class AP, Figure-5 plots) and the registered model."""
     num_classes = datasets.train.num_classes
     tracker.log_text(yaml.safe_dump(to_dict(cfg), sort_keys=False), "config.yaml")
-    architecture = dataclasses.replace(cfg.model, pretrained="")
+    architecture = dataclasses.replace(cfg.model, pretrained="", init_from="")
     models = {cfg.model.arch: architecture.build(num_classes)}
     if cfg.model.arch != "tsn":
         models["tsn (same backbone)"] = dataclasses.replace(architecture, arch="tsn").build(num_classes)

@@ -104,7 +104,9 @@ def run_trial(config: dict, base: JobConfig, datasets: Datasets, context: dict) 
                         parent_run_id=context["parent_run_id"])  # fmt: skip
     with finishing(tracker, tag_error=True):
         cfg.validate()
-        dataclasses.replace(cfg.model, pretrained="").build(datasets.train.num_classes)  # fails here, not per retry
+        dataclasses.replace(cfg.model, pretrained="", init_from="").build(
+            datasets.train.num_classes
+        )  # fails here, not per retry
         ray.data.DataContext.get_current().enable_progress_bars = False
         trainer = build_trainer(cfg, datasets, tracker, cfg.tracking.name, callbacks=[TuneReportCallback()],
                                 cpu_budget=context["cpu_budget"])  # fmt: skip
