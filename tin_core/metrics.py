@@ -34,6 +34,8 @@ def top_k_accuracy(scores: np.ndarray, labels: np.ndarray, k: int) -> float:
     num_classes = scores.shape[1]
     if k >= num_classes:
         return 1.0
+    if num_classes == 2:  # scikit-learn reads two columns of scores as a binary task and refuses them
+        return float(np.mean(scores.argmax(axis=1) == np.asarray(labels)))
     return float(top_k_accuracy_score(np.asarray(labels), scores, k=k, labels=np.arange(num_classes)))
 
 
