@@ -508,7 +508,10 @@ def test_short_s3_outage_is_retried_and_the_job_finishes(stack, s3, stack_data, 
                            env_vars={"AWS_ENDPOINT_URL": endpoint, "TIN_STORAGE_RETRY_SECONDS": "120"})  # fmt: skip
     _wait_key(stack, job, s3, "runs/stack-blip/epoch-0000/")
     gate.down()
-    time.sleep(10)
+    deadline = time.monotonic() + 60  # down until the job has met it (a fixed window can fall between its reads)
+    while gate.refused == 0 and time.monotonic() < deadline:
+        time.sleep(0.5)
+    time.sleep(5)
     gate.up()
     status, logs = _wait_job(stack, job)
     assert gate.refused > 0, "the job must have met the outage"
