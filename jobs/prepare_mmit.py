@@ -1,4 +1,4 @@
-"""Decode every video of an MMiT dataset once into frame shards that training reads far faster than videos.
+"""Decode every video of an MMiT dataset once into frame shards, so training decodes a few JPEGs per clip.
 
     python jobs/prepare_mmit.py --data s3://bucket/mmit --output s3://bucket/mmit-shards
     ray job submit --working-dir . -- python jobs/prepare_mmit.py --data ... --output ... --short-side 256 --fps 8
@@ -34,7 +34,7 @@ class Prepare:
     quality: int = 90
     """JPEG quality, 1-100"""
     videos_per_shard: int = 128
-    """videos per Parquet file (about 250 MB for 3-second clips at 256 px)"""
+    """videos per Parquet file (a few hundred MB for short clips at 256 px)"""
     concurrency: int | None = None
     """shards written at once (default: as many as the cluster's CPUs allow)"""
 

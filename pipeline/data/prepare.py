@@ -37,7 +37,7 @@ class PrepareSpec:
     short_side: int = 256  # stored frames' short side (training resizes further if it asks for less)
     fps: float | None = None  # resample to this frame rate (None: every frame)
     quality: int = 90  # JPEG quality
-    videos_per_shard: int = 128  # about 250 MB per file for 3-second clips at a short side of 256
+    videos_per_shard: int = 128  # a few hundred MB per file for short clips at a short side of 256
 
 
 @dataclass(frozen=True)
