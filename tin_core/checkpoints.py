@@ -107,11 +107,9 @@ def init_from(model: nn.Module, source: str | dict[str, torch.Tensor]) -> InitRe
     unexpected = sorted(set(state) - set(own))
     wrong_shape = sorted(k for k in set(state) & set(own) if state[k].shape != own[k].shape)
     missing = sorted(k for k in set(own) - set(state) if not (head_replaced and k.startswith("fc.")))
-    kept = [k for k in missing if _TEMPORAL_NETS.search(k)]
-    if not any(_TEMPORAL_NETS.search(k) for k in state):  # a TSM or TSN source: TIN's nets keep their init
-        missing = [k for k in missing if k not in kept]
-    else:
-        kept = []
+    from_temporal_nets = any(_TEMPORAL_NETS.search(k) for k in state)  # else a TSM or TSN source: TIN's nets keep init
+    kept = [] if from_temporal_nets else [k for k in missing if _TEMPORAL_NETS.search(k)]
+    missing = [k for k in missing if k not in kept]
     if unexpected or wrong_shape or missing:
         name = source if isinstance(source, str) else "the state dict"
         raise ValueError(

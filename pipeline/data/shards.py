@@ -25,7 +25,7 @@ import torch
 
 from pipeline.data import storage
 from pipeline.data.annotations import Manifest, read_mmit
-from pipeline.data.video import DecodeError, Sample, VideoInfo, target_size
+from pipeline.data.video import DecodeError, Sample, VideoInfo, frame_indices, target_size
 
 FORMAT = "tin-frame-shards"
 VERSION = 1
@@ -138,9 +138,7 @@ def decode_row_clip(uri: str, sample: Sample, short_side: int | None = None) -> 
         raise DecodeError(uri, "unreadable", str(e)[:200]) from e
     num_frames = table["num_frames"][0].as_py()
     jpegs = table["frames"].chunk(0)[0].values
-    indices = np.asarray(sample(num_frames) if callable(sample) else sample, dtype=np.int64)
-    if indices.size == 0 or indices.min() < 0 or indices.max() >= num_frames:
-        raise IndexError(f"frame indices must be non-empty and within [0, {num_frames})")
+    indices = frame_indices(sample, num_frames)
     wanted, inverse = np.unique(indices.ravel(), return_inverse=True)
     data = [torch.frombuffer(bytearray(jpegs[int(i)].as_py()), dtype=torch.uint8) for i in wanted]
     try:

@@ -88,7 +88,7 @@ def decode_clip(
     with _open(uri) as f:
         scan = _scan(f, uri)
         info = scan.info
-        indices = _indices(sample, info.num_frames)
+        indices = frame_indices(sample, info.num_frames)
         size = target_size(info.height, info.width, short_side)
         if backend != "pyav":
             try:
@@ -100,7 +100,7 @@ def decode_clip(
         frames, decoded = _pyav_frames(f, uri, indices, size, scan.quarter_turns)
         if frames is None:  # fewer frames decode than packets were counted: re-sample with the true count
             info = replace(info, num_frames=decoded)
-            indices = _indices(sample, decoded)
+            indices = frame_indices(sample, decoded)
             frames, _ = _pyav_frames(f, uri, indices, size, scan.quarter_turns)
             if frames is None:
                 raise DecodeError(uri, "unstable_frame_count")
@@ -216,7 +216,7 @@ def _scan(f: IO[bytes], uri: str) -> _Scan:
         return _Scan(info, turns, len(container.streams.video))
 
 
-def _indices(sample: Sample, num_frames: int) -> np.ndarray:
+def frame_indices(sample: Sample, num_frames: int) -> np.ndarray:
     indices = np.asarray(sample(num_frames) if callable(sample) else sample, dtype=np.int64)
     if indices.size == 0 or indices.min() < 0 or indices.max() >= num_frames:
         raise IndexError(f"frame indices must be non-empty and within [0, {num_frames})")
