@@ -6,15 +6,17 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 from conftest import local_ray
+from mlflow.tracking import MlflowClient
 
 from pipeline.data.annotations import read_mmit
 from pipeline.data.layouts import DIRECTION_SENSITIVE, FORMATS, read_dataset
 from pipeline.data.synthetic import SyntheticSpec, generate_mmit
 from pipeline.train.config import JobConfig
 from pipeline.train.driver import run_training
-from pipeline.train.loop import clip_spec
+from pipeline.train.loop import META_FILE, clip_spec
 
 
 def write(root: Path, files: dict[str, str]) -> Path:
@@ -102,3 +104,9 @@ def test_a_single_label_format_trains_end_to_end(cluster, tmp_path):
     outcome = run_training(cfg)
     m = outcome.metrics
     assert m["val_videos"] == 6 and 0 <= m["val_top1"] <= m["val_top5"] <= 1 and 0 <= m["val_mean_class_accuracy"] <= 1
+    # The confusion counts behind the run's figure agree with top-1: every video once, the diagonal its hits.
+    confusion = np.array(json.loads((Path(outcome.checkpoint) / META_FILE).read_text())["confusion"])
+    assert confusion.shape == (len(names), len(names)) and confusion.sum() == 6
+    assert np.trace(confusion) / 6 == pytest.approx(m["val_top1"])
+    artifacts = {a.path for a in MlflowClient(cfg.tracking.mlflow_uri).list_artifacts(outcome.run_id, "plots")}
+    assert "plots/confusion_matrix.png" in artifacts

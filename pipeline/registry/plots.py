@@ -44,15 +44,23 @@ def plot_weights(trace: list[dict]) -> plt.Figure:
 
 def plot_confusion(labels: np.ndarray, predicted: np.ndarray, class_names: list[str]) -> plt.Figure:
     """Row-normalised confusion matrix of single-label predictions (class names on the axes up to 40 classes)."""
+    from sklearn.metrics import confusion_matrix
+
+    return plot_confusion_counts(confusion_matrix(labels, predicted, labels=np.arange(len(class_names))), class_names)
+
+
+def plot_confusion_counts(counts: np.ndarray, class_names: list[str]) -> plt.Figure:
+    """Row-normalised confusion matrix from its counts [true, predicted] (rows of absent classes stay empty)."""
     from sklearn.metrics import ConfusionMatrixDisplay
 
+    counts = np.asarray(counts, dtype=np.float64)
+    rates = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
     k = len(class_names)
     side = min(4 + 0.3 * k, 40)
     fig, ax = plt.subplots(figsize=(side, side))
-    ConfusionMatrixDisplay.from_predictions(
-        labels, predicted, labels=np.arange(k), display_labels=class_names if k <= 40 else None,
-        normalize="true", include_values=k <= 20, cmap="Blues", ax=ax, colorbar=k <= 40,
-    )  # fmt: skip
+    ConfusionMatrixDisplay(rates, display_labels=class_names if k <= 40 else None).plot(
+        include_values=k <= 20, values_format=".2f", cmap="Blues", ax=ax, colorbar=k <= 40
+    )
     ax.set_title("Confusion matrix (rows: true class, normalised)")
     if k <= 40:
         ax.tick_params(axis="x", labelrotation=90)

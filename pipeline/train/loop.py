@@ -23,6 +23,7 @@ import ray.train.torch
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
+from sklearn.metrics import confusion_matrix
 
 from pipeline.data.dataset import BadVideoCounter, ClipSpec, clip_dataset, torch_batches
 from pipeline.data.layouts import DIRECTION_SENSITIVE
@@ -168,7 +169,10 @@ def evaluate(engine, val_ds, num_val: int, cfg: JobConfig, num_classes: int, dev
     metrics = {f"val_{k}": v for k, v in classification_metrics(all_scores, all_targets).items()}
     metrics["val_videos"] = len(all_indices)
     per_class = ap_per_class(all_scores, all_targets)
-    return {"metrics": metrics, "ap_per_class": per_class, "seen": seen, "bad": dict(bad)}
+    val = {"metrics": metrics, "ap_per_class": per_class, "seen": seen, "bad": dict(bad)}
+    if all_targets.ndim == 1:  # single-label: the counts behind the run's confusion-matrix figure
+        val["confusion"] = confusion_matrix(all_targets, all_scores.argmax(axis=1), labels=range(num_classes))
+    return val
 
 
 def _restore(engine, checkpoint) -> int:
@@ -230,6 +234,8 @@ def train_loop_per_worker(config: dict) -> None:
             if rank == 0:
                 meta = {"epoch": epoch, "metrics": metrics, "ap_per_class": val["ap_per_class"],
                         "config": cfg.to_dict(), "bad_by_reason": dict(bad)}  # fmt: skip
+                if "confusion" in val:
+                    meta["confusion"] = val["confusion"].tolist()
                 (Path(directory) / META_FILE).write_text(json.dumps(meta, default=str))
             report = {**metrics, "bad_by_reason": json.dumps(dict(bad)), "stopped_bad_videos": too_many_bad}
             ray.train.report(report, checkpoint=ray.train.Checkpoint.from_directory(directory),

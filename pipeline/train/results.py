@@ -22,7 +22,7 @@ from pipeline.data.annotations import Manifest
 from pipeline.data.dataset import ClipDecoder, TooManyBadVideos
 from pipeline.data.synthetic import PAIRS
 from pipeline.data.transforms import normalize
-from pipeline.registry.plots import plot_offsets, plot_weights
+from pipeline.registry.plots import plot_confusion_counts, plot_offsets, plot_weights
 from pipeline.registry.serving import model_config
 from pipeline.registry.tracking import Tracker, log_and_register_model, redact
 from pipeline.train.config import JobConfig, to_dict
@@ -80,6 +80,8 @@ def log_results(cfg: JobConfig, tracker: Tracker, datasets: Datasets, checkpoint
     tracker.log_text(complexity_report(models, shape) + "\n", "complexity.txt")
     names = datasets.train.class_names
     tracker.log_dict({names[k]: ap for k, ap in enumerate(meta["ap_per_class"])}, "val_ap_per_class.json")
+    if "confusion" in meta:  # single-label data
+        tracker.log_figure(plot_confusion_counts(np.array(meta["confusion"]), names), "plots/confusion_matrix.png")
 
     clips = sample_clips(cfg, datasets.val)
     model = models[cfg.model.arch]
