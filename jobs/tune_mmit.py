@@ -5,6 +5,7 @@ is registered (the champion alias moves only if it beats the current champion).
     python jobs/tune_mmit.py --num-samples 8
     ray job submit --address http://127.0.0.1:8265 --working-dir . -- python jobs/tune_mmit.py --num-samples 8
     python jobs/tune_mmit.py --grid --groups-choices 1 2 4 --reverse-choices True False --num-samples 1   # Table 5
+    python jobs/tune_mmit.py --search optuna --num-samples 16 --name tin-sweep   # rerun the same to resume it
 
 Training flags (--data, --epochs, --backbone, ...) set the base configuration of every trial.
 """
@@ -24,13 +25,17 @@ from pipeline.train.tune import SweepJobConfig  # noqa: E402
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     cfg = parse_cli(SweepJobConfig, argv, __doc__)
-    from pipeline.train.tune import preflight, run_sweep
+    from pipeline.train.tune import SweepInterrupted, preflight_sweep, run_sweep
 
     try:
-        datasets = preflight(cfg.base)
+        datasets = preflight_sweep(cfg)
     except ValueError as e:
         usage_error(e)
-    outcome = run_sweep(cfg, datasets)
+    try:
+        outcome = run_sweep(cfg, datasets)
+    except SweepInterrupted as e:
+        print(e, file=sys.stderr)
+        return 130
     print(outcome.table)
     print(f"best trial {outcome.best_trial}; {outcome.message}")
     print(f"MLflow sweep run: {outcome.parent_run_id} (compare trials: open the run's children in the MLflow UI)")

@@ -5,7 +5,15 @@ from __future__ import annotations
 import logging
 
 from pipeline.train.config import JobConfig
-from pipeline.train.progress import EpochProgress, duration, epoch_line, quiet_ray_reports, step_line
+from pipeline.train.progress import (
+    BestSoFar,
+    EpochProgress,
+    duration,
+    epoch_line,
+    epoch_summary,
+    quiet_ray_reports,
+    step_line,
+)
 
 
 def report(epoch: int, val_map: float, seconds: float = 30.0) -> dict:
@@ -21,6 +29,15 @@ def test_epoch_line_names_progress_best_rate_and_time_left():
     assert epoch_line(report(39, 0.7), 40, (0.7, 39)).endswith("eta 0s")
     assert [duration(s) for s in (5, 125, 7260)] == ["5s", "2m", "2h01m"]
     assert step_line(0, 50, 200, 0.41234, 12.34) == "epoch 1 step 50/200  loss 0.412  12.3 clips/s"
+
+
+def test_epoch_summary_is_what_the_tune_table_adds():
+    best = BestSoFar()
+    for epoch, val_map in enumerate((0.5, 0.7)):
+        best.update(report(epoch, val_map))
+    assert best.update(report(2, 0.6)) == (0.7, 1)
+    summary = epoch_summary(report(2, 0.6), 40, best.best)
+    assert summary == {"epochs_done": 3, "best_val_map": 0.7, "best_epoch": 2, "eta_s": 37 * 30.0}
 
 
 def test_callback_prints_one_line_per_epoch_keeping_the_best(capsys):

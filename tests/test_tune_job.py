@@ -36,8 +36,8 @@ def test_sweep_with_a_failing_trial(cluster, tmp_path):
     # groups=3 with reverse offsets makes 6 groups, which do not divide ResNet-18's 16 interlaced channels: that
     # trial fails in its own process, the others go on.
     sweep = SweepConfig(num_samples=1, grid=True, groups_choices=(1, 2, 3), reverse_choices=(True,),
-                        shift_div_choices=(4,), sweep_name="sweep-test", max_concurrent_trials=2)  # fmt: skip
-    outcome = run_sweep(SweepJobConfig(**vars(base), sweep=sweep))
+                        shift_div_choices=(4,), max_concurrent_trials=2)  # fmt: skip
+    outcome = run_sweep(SweepJobConfig(**vars(base.override(name="sweep-test")), sweep=sweep))
 
     assert len(outcome.rows) == 3
     by_groups = {row.config["groups"]: row for row in outcome.rows}
@@ -94,3 +94,9 @@ def test_child_runs_grouped_by_name_across_pages(tmp_path):
     children = _child_runs(parent, page_size=2)  # three pages
     assert sorted(children) == names
     assert all(len(runs) == 1 for runs in children.values())
+
+
+def test_grid_and_optuna_are_refused_together():
+    cfg = SweepJobConfig(sweep=SweepConfig(grid=True, search="optuna"))
+    with pytest.raises(ValueError, match="--grid and --search optuna"):
+        cfg.validate()

@@ -22,13 +22,32 @@ def duration(seconds: float) -> str:
     return f"{seconds // 3600:.0f}h{seconds % 3600 / 60:02.0f}m"
 
 
+def epoch_summary(metrics: dict, epochs: int, best: tuple[float, int]) -> dict:
+    """What the epoch line and the Tune trial table show beyond the report: epochs done, the best val_map so far
+    (`best`: value, 0-based epoch) and the time left, assuming epochs like this one."""
+    done = int(metrics["epoch"]) + 1
+    left = (epochs - done) * (metrics.get("train_seconds", 0.0) + metrics.get("val_seconds", 0.0))
+    return {"epochs_done": done, "best_val_map": best[0], "best_epoch": best[1] + 1, "eta_s": left}
+
+
 def epoch_line(metrics: dict, epochs: int, best: tuple[float, int]) -> str:
-    """The epoch's summary; `best` is (best val_map so far, its epoch). The time left assumes epochs like this one."""
-    epoch = int(metrics["epoch"])
-    left = (epochs - epoch - 1) * (metrics.get("train_seconds", 0.0) + metrics.get("val_seconds", 0.0))
-    return (f"epoch {epoch + 1}/{epochs}  train_loss {metrics['train_loss']:.3f}  val_map {metrics['val_map']:.3f} "
-            f"(best {best[0]:.3f} @ {best[1] + 1})  {metrics['clips_per_s']:.1f} clips/s  "
-            f"data_wait {metrics['data_wait_fraction']:.0%}  eta {duration(left)}")  # fmt: skip
+    s = epoch_summary(metrics, epochs, best)
+    return (f"epoch {s['epochs_done']}/{epochs}  train_loss {metrics['train_loss']:.3f}  val_map "
+            f"{metrics['val_map']:.3f} (best {s['best_val_map']:.3f} @ {s['best_epoch']})  "
+            f"{metrics['clips_per_s']:.1f} clips/s  data_wait {metrics['data_wait_fraction']:.0%}  "
+            f"eta {duration(s['eta_s'])}")  # fmt: skip
+
+
+class BestSoFar:
+    """The best val_map seen and its epoch, updated report by report."""
+
+    def __init__(self) -> None:
+        self.best = (-math.inf, -1)
+
+    def update(self, report: dict) -> tuple[float, int]:
+        if report["val_map"] > self.best[0]:
+            self.best = (report["val_map"], int(report["epoch"]))
+        return self.best
 
 
 class EpochProgress(UserCallback):
@@ -36,15 +55,12 @@ class EpochProgress(UserCallback):
 
     def __init__(self, epochs: int) -> None:
         self.epochs = epochs
-        self.best = (-math.inf, -1)
+        self.best = BestSoFar()
 
     def after_report(self, run_context, metrics: list[dict], checkpoint) -> None:
         report = metrics[0] if metrics else {}
-        if "val_map" not in report:
-            return
-        if report["val_map"] > self.best[0]:
-            self.best = (report["val_map"], int(report["epoch"]))
-        print(epoch_line(report, self.epochs, self.best), flush=True)
+        if "val_map" in report:
+            print(epoch_line(report, self.epochs, self.best.update(report)), flush=True)
 
 
 def quiet_ray_reports() -> None:

@@ -1,5 +1,7 @@
 """The sweep driver: Ray Tune over TIN's interlace groups, reverse offsets, shift_div, learning rate and weight
-decay, with ASHA stopping poor trials early on validation mAP, every trial an MLflow child run of one sweep run.
+decay (random or Optuna search), with ASHA stopping poor trials early on validation mAP, every trial an MLflow child
+run of one sweep run. Rerunning a sweep under the same name resumes it: finished trials are kept, unfinished ones
+run again (their training resumes from its last checkpoint).
 
 Each trial is a plain function that launches a TorchTrainer (the Ray Train V2 pattern: `Tuner(trial_fn)` with a
 `TuneReportCallback`, not `Tuner(trainer)`), so a trial can use several training workers.
@@ -10,12 +12,16 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
 import time
 from dataclasses import asdict, dataclass, field, fields
+from typing import Literal
 
 import ray
+from mlflow.tracking import MlflowClient
 from pyarrow import fs as pafs
 from ray import tune
+from ray.tune import CLIReporter
 from ray.tune.integration.ray_train import TuneReportCallback
 from ray.tune.schedulers import ASHAScheduler
 
@@ -23,6 +29,7 @@ from pipeline.data import storage
 from pipeline.registry.tracking import RUN_NAME_TAG, Tracker, finishing, redact, start_run, tracking_uri
 from pipeline.train.config import JobConfig, flat_values, override
 from pipeline.train.driver import Datasets, build_trainer, connect_ray, preflight, trial_cpus
+from pipeline.train.progress import BestSoFar, epoch_summary
 from pipeline.train.results import raise_on_bad_videos, register_checkpoint
 
 logger = logging.getLogger(__name__)
@@ -44,12 +51,12 @@ class SweepConfig:
     """weight-decay range, sampled log-uniformly"""
     grid: bool = False
     """grid-search the categorical choices instead of sampling them"""
+    search: Literal["random", "optuna"] = "random"
+    """how trials are drawn: at random, or by Optuna's TPE from the trials so far"""
     grace_period: int = 1
     """ASHA: epochs every trial runs before it can be stopped"""
     max_concurrent_trials: int = 0
     """0: as many as the cluster's CPUs (or GPUs) fit"""
-    sweep_name: str = ""
-    """sweep name (MLflow parent run, Tune experiment)"""
 
 
 @dataclass
@@ -69,6 +76,8 @@ class SweepJobConfig(JobConfig):
                 raise ValueError(f"--{name.replace('_', '-')} must be two values 0 < low <= high, got {low}, {high}")
         if not (s.groups_choices and s.reverse_choices and s.shift_div_choices):
             raise ValueError("--groups-choices, --reverse-choices and --shift-div-choices need at least one value")
+        if s.grid and s.search == "optuna":
+            raise ValueError("--grid and --search optuna do not combine: Optuna draws every value itself")
 
     @property
     def base(self) -> JobConfig:
@@ -95,6 +104,27 @@ def trial_run_name(sweep_name: str, trial_id: str) -> str:
     return f"{sweep_name}-{trial_id}"
 
 
+class TrialProgress(TuneReportCallback):
+    """Reports each epoch to Tune with the training job's epoch summary (epochs done, best so far, time left), the
+    columns of the trial table and the time axis of ASHA (which stays right when a resumed trial skips epochs)."""
+
+    def __init__(self, epochs: int) -> None:
+        super().__init__()
+        self.epochs = epochs
+        self.best = BestSoFar()
+
+    def after_report(self, run_context, metrics: list[dict], checkpoint) -> None:
+        if metrics and "val_map" in metrics[0]:
+            summary = epoch_summary(metrics[0], self.epochs, self.best.update(metrics[0]))
+            metrics = [{**metrics[0], **summary}, *metrics[1:]]
+        super().after_report(run_context, metrics, checkpoint)
+
+
+TABLE_COLUMNS = {"epochs_done": "epoch", "train_loss": "train_loss", "val_map": "val_map",
+                 "best_val_map": "best", "clips_per_s": "clips/s", "data_wait_fraction": "data_wait",
+                 "eta_s": "eta_s"}  # fmt: skip
+
+
 def run_trial(config: dict, base: JobConfig, datasets: Datasets, context: dict) -> None:
     """One Tune trial: a full training run (its own TorchTrainer and MLflow child run) with the sampled values."""
     trial_id = tune.get_context().get_trial_id()
@@ -108,7 +138,7 @@ def run_trial(config: dict, base: JobConfig, datasets: Datasets, context: dict) 
             datasets.train.num_classes
         )  # fails here, not per retry
         ray.data.DataContext.get_current().enable_progress_bars = False
-        trainer = build_trainer(cfg, datasets, tracker, cfg.tracking.name, callbacks=[TuneReportCallback()],
+        trainer = build_trainer(cfg, datasets, tracker, cfg.tracking.name, callbacks=[TrialProgress(cfg.optim.epochs)],
                                 cpu_budget=context["cpu_budget"])  # fmt: skip
         result = trainer.fit()
         if result.error:
@@ -139,7 +169,11 @@ def summarize(results, max_epochs: int) -> list[TrialRow]:
     rows = []
     for result in results:
         history = result.metrics_dataframe
-        maps = history["val_map"].dropna().tolist() if history is not None and "val_map" in history else []
+        if history is not None and "val_map" in history:  # a resumed trial may report an epoch again
+            per_epoch = history.dropna(subset=["val_map"]).drop_duplicates("epoch", keep="last")["val_map"]
+        else:
+            per_epoch = []
+        maps = list(per_epoch)
         rows.append(
             TrialRow(
                 trial_id=trial_id_of(result),
@@ -169,6 +203,29 @@ def format_table(rows: list[TrialRow]) -> str:
             f"{c['weight_decay']:>10.2g}{r.best_val_map:>14.4f}{r.epochs:>8}" + (f"  {r.error}" if r.error else "")
         )
     return "\n".join(lines)
+
+
+class SweepInterrupted(RuntimeError):
+    pass
+
+
+class TrialStatuses(tune.Callback):
+    """Each trial's status at the end of Tune's last step: on an interruption (Ctrl-C, SIGUSR1) Tune's cleanup marks
+    the unfinished trials TERMINATED, so this is where they still show as unfinished. Kept by sweep name in the
+    class: a restored Tuner runs an unpickled copy of its callbacks."""
+
+    last: dict[str, dict[str, str]] = {}
+
+    def __init__(self, sweep_name: str) -> None:
+        self.sweep_name = sweep_name
+
+    def on_step_end(self, iteration: int, trials: list, **info) -> None:
+        TrialStatuses.last[self.sweep_name] = {trial.trial_id: trial.status for trial in trials}
+
+    def counts(self) -> tuple[int, int]:
+        """(unfinished trials, all trials)."""
+        last = TrialStatuses.last.get(self.sweep_name, {})
+        return sum(status not in ("TERMINATED", "ERROR") for status in last.values()), len(last)
 
 
 @dataclass
@@ -206,35 +263,47 @@ def concurrent_trials(base: JobConfig, sweep: SweepConfig, resources: dict) -> i
     return max(1, int(resources.get("CPU", 1) // trial_cpus(base)))
 
 
-def run_sweep(cfg: SweepJobConfig, datasets: Datasets | None = None) -> SweepOutcome:
-    base, sweep = cfg.base, cfg.sweep
-    datasets = datasets or preflight(base)
-    cfg.validate()
-    sweep_name = sweep.sweep_name or f"sweep-{time.strftime('%Y%m%d-%H%M%S')}"
-    uri = tracking_uri(base.tracking.mlflow_uri)
-    connect_ray()
-    params = {**flat_values(base), **{f"sweep_{k}": v for k, v in asdict(sweep).items()}}
-    parent = start_run(uri, base.tracking.experiment, sweep_name, params)
-    logger.info("MLflow sweep run %s in %s", parent.run_id, redact(uri))
-    resources = ray.cluster_resources()
-    concurrent = concurrent_trials(base, sweep, resources)
+def searcher(sweep: SweepConfig, seed: int):
+    if sweep.search == "optuna":
+        from ray.tune.search.optuna import OptunaSearch
+
+        return OptunaSearch(metric="val_map", mode="max", seed=seed)
+    return None  # Tune's random (or grid) variant generator
+
+
+def finished_sweep(uri: str, experiment: str, sweep_name: str) -> bool:
+    """A sweep of this name ran to its end (its MLflow run FINISHED, none left unfinished)."""
+    client = MlflowClient(uri)
+    found = client.get_experiment_by_name(experiment)
+    if not found:
+        return False
+    runs = client.search_runs([found.experiment_id], filter_string=f"tags.`{RUN_NAME_TAG}` = '{sweep_name}' and "
+                              "tags.`mlflow.parentRunId` IS NULL")  # fmt: skip
+    return bool(runs) and all(r.info.status == "FINISHED" for r in runs)
+
+
+def make_tuner(
+    base: JobConfig, sweep: SweepConfig, sweep_name: str, trainable, concurrent: int, statuses: TrialStatuses
+) -> tune.Tuner:
+    """A new Tuner, or the interrupted sweep of the same name restored from its storage."""
     storage_fs, storage_path = storage.pyarrow_filesystem(base.tracking.storage)
-    context = {"sweep_name": sweep_name, "tracking_uri": uri, "parent_run_id": parent.run_id,
-               "cpu_budget": resources.get("CPU", 1) / concurrent - TRIAL_CPUS}  # fmt: skip
+    experiment_path = f"{storage_path.rstrip('/')}/{sweep_name}"
+    if tune.Tuner.can_restore(experiment_path, storage_filesystem=storage_fs):
+        logger.info("resuming sweep %s from %s: finished trials are kept, unfinished ones run again", sweep_name,
+                    experiment_path)  # fmt: skip
+        return tune.Tuner.restore(experiment_path, trainable, resume_unfinished=True, storage_filesystem=storage_fs)
     epochs = base.optim.epochs
-    tuner = tune.Tuner(
-        # The trial function only drives its TorchTrainer: it reserves next to no CPU, its workers and decoders do.
-        tune.with_resources(
-            tune.with_parameters(run_trial, base=base, datasets=datasets, context=context), {"CPU": TRIAL_CPUS}
-        ),
+    return tune.Tuner(
+        trainable,
         param_space=search_space(sweep),
         tune_config=tune.TuneConfig(
             metric="val_map",
             mode="max",
+            search_alg=searcher(sweep, base.optim.seed),
             num_samples=sweep.num_samples,
             max_concurrent_trials=concurrent,
             scheduler=ASHAScheduler(
-                time_attr="training_iteration",
+                time_attr="epochs_done",
                 max_t=epochs,
                 grace_period=min(sweep.grace_period, epochs),
                 reduction_factor=2,
@@ -245,10 +314,55 @@ def run_sweep(cfg: SweepJobConfig, datasets: Datasets | None = None) -> SweepOut
             storage_path=storage_path,
             storage_filesystem=storage_fs,
             failure_config=tune.FailureConfig(max_failures=0),
+            callbacks=[statuses],
+            progress_reporter=CLIReporter(
+                metric_columns=TABLE_COLUMNS,
+                parameter_columns=list(SAMPLED),
+                max_report_frequency=30,
+                sort_by_metric=True,
+            ),  # fmt: skip
         ),  # fmt: skip
     )
+
+
+def preflight_sweep(cfg: SweepJobConfig) -> Datasets:
+    """The training job's checks, the sweep's flags, and a --name that is new or an unfinished sweep's."""
+    datasets = preflight(cfg.base)
+    cfg.validate()
+    tracking = cfg.base.tracking
+    if tracking.name and finished_sweep(tracking_uri(tracking.mlflow_uri), tracking.experiment, tracking.name):
+        raise ValueError(f"--name {tracking.name}: that sweep already finished; give a new --name for a new sweep")
+    return datasets
+
+
+def run_sweep(cfg: SweepJobConfig, datasets: Datasets | None = None) -> SweepOutcome:
+    base, sweep = cfg.base, cfg.sweep
+    datasets = datasets or preflight_sweep(cfg)
+    sweep_name = base.tracking.name or f"sweep-{time.strftime('%Y%m%d-%H%M%S')}"
+    uri = tracking_uri(base.tracking.mlflow_uri)
+    connect_ray()
+    # Tune's legacy reporter, the one whose trial table takes chosen columns (the newer output picks four itself).
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    params = {**flat_values(base), **{f"sweep_{k}": v for k, v in asdict(sweep).items()}}
+    parent = start_run(uri, base.tracking.experiment, sweep_name, params)
+    logger.info("MLflow sweep run %s in %s", parent.run_id, redact(uri))
+    resources = ray.cluster_resources()
+    concurrent = concurrent_trials(base, sweep, resources)
+    context = {"sweep_name": sweep_name, "tracking_uri": uri, "parent_run_id": parent.run_id,
+               "cpu_budget": resources.get("CPU", 1) / concurrent - TRIAL_CPUS}  # fmt: skip
+    # The trial function only drives its TorchTrainer: it reserves next to no CPU, its workers and decoders do.
+    trainable = tune.with_resources(
+        tune.with_parameters(run_trial, base=base, datasets=datasets, context=context), {"CPU": TRIAL_CPUS}
+    )
+    statuses = TrialStatuses(sweep_name)
+    tuner = make_tuner(base, sweep, sweep_name, trainable, concurrent, statuses)
+    epochs = base.optim.epochs
     with finishing(parent):
         results = tuner.fit()
+        unfinished, trials = statuses.counts()
+        if unfinished:  # stopped (Ctrl-C, SIGUSR1) before the end
+            raise SweepInterrupted(f"sweep {sweep_name} interrupted with {unfinished} of {trials} trials unfinished; "
+                                   f"rerun with --name {sweep_name} to resume it")  # fmt: skip
         rows = summarize(results, epochs)
         children = _child_runs(parent)
         _record_trial_statuses(parent, children, sweep_name, rows)
