@@ -10,6 +10,7 @@ import argparse
 import sys
 from concurrent.futures import ThreadPoolExecutor
 
+from pipeline.bars import progress_bar
 from pipeline.data.layouts import FORMATS, read_dataset
 from pipeline.data.sampling import segment_indices
 from pipeline.data.video import DecodeError, decode_clip
@@ -48,10 +49,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     uris = [r.uri for r in manifest.records]
     decoded = 0
-    with ThreadPoolExecutor(max_workers=args.threads) as pool:
+    with ThreadPoolExecutor(max_workers=args.threads) as pool, progress_bar(len(uris), "checking", "clip") as bar:
         for ok, line in pool.map(lambda uri: check_clip(uri, args.num_segments), uris):
             decoded += ok
-            print(line, flush=True)
+            bar.write(line, file=sys.stdout)  # the clip's line above the bar
+            bar.update()
     skipped = len(uris) - decoded
     print(f"checked {len(uris)} clips: {decoded} decoded, {skipped} skipped")
     return 0 if skipped <= args.max_bad_fraction * len(uris) else 1

@@ -24,6 +24,7 @@ import pyarrow.parquet as pq
 import ray
 import torch
 
+from pipeline.bars import progress_bar
 from pipeline.data import shards, storage
 from pipeline.data.annotations import read_mmit
 from pipeline.data.annotations.mmit import MMIT_CATEGORIES, MMIT_SPLITS
@@ -168,12 +169,15 @@ def prepare(
         _summary_row, fn_kwargs={"dest": dest, "spec": asdict(spec)}, num_cpus=1, concurrency=concurrency
     )
     summaries = []
-    for done, row in enumerate(ds.iter_rows(), 1):
-        summary = json.loads(row["summary"])
-        summaries.append(summary)
-        resumed = " (done before)" if summary["resumed"] else ""
-        logger.info("shard %d/%d %s: %d written, %d skipped%s", done, len(plan), summary["shard"],
-                    len(summary["written"]), len(summary["skipped"]), resumed)  # fmt: skip
+    with progress_bar(len(plan), f"preparing {dest}", "shard") as bar:
+        for row in ds.iter_rows():
+            summary = json.loads(row["summary"])
+            summaries.append(summary)
+            bar.update()
+            bar.set_postfix(written=sum(len(s["written"]) for s in summaries),
+                            skipped=sum(len(s["skipped"]) for s in summaries))  # fmt: skip
+            logger.debug("shard %s: %d written, %d skipped%s", summary["shard"], len(summary["written"]),
+                         len(summary["skipped"]), " (done before)" if summary["resumed"] else "")  # fmt: skip
     summaries.sort(key=lambda s: s["shard"])
     _write_dataset_files(root, dest, spec, summaries, class_names)
     skipped = [(s["split"], path, reason) for s in summaries for path, reason in s["skipped"]]

@@ -29,6 +29,8 @@ from pathlib import Path
 import av
 import numpy as np
 
+from pipeline.bars import progress_bar
+
 FORMAT_VERSION = 2
 FPS = 8  # 24 frames at 8 fps ~ the 3 s of an MMiT clip
 # Events in (forward, backward) pairs: the backward one is the forward trajectory played in reverse.
@@ -252,7 +254,7 @@ def write_video(path: Path, frames: np.ndarray) -> None:
         container.mux(stream.encode())
 
 
-def _split_rows(spec: SyntheticSpec, split: int, count: int, first: int, videos: Path) -> list[str]:
+def _split_rows(spec: SyntheticSpec, split: int, count: int, first: int, videos: Path, bar) -> list[str]:
     """Write one split's clips and return its CSV rows. First events are balanced over the classes, then shuffled."""
     rng = np.random.default_rng([spec.seed, split])
     firsts = rng.permutation(np.resize(np.arange(len(EVENTS)), count))
@@ -265,6 +267,7 @@ def _split_rows(spec: SyntheticSpec, split: int, count: int, first: int, videos:
         (videos / EVENTS[first_event]).mkdir(parents=True, exist_ok=True)
         write_video(videos / rel, render_clip(params, clip_seed))
         rows.append(",".join([rel, *map(str, clip_labels(params, spec))]))
+        bar.update()
     return rows
 
 
@@ -287,8 +290,9 @@ def generate_mmit(root: str | Path, spec: SyntheticSpec | None = None) -> Path:
     # Build in a hidden sibling (same filesystem, so the final rename is atomic); remove it on any failure.
     tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.tmp-", dir=root.parent))
     try:
-        train = _split_rows(spec, 0, spec.num_train, 0, tmp / "videos")
-        val = _split_rows(spec, 1, spec.num_val, spec.num_train, tmp / "videos")
+        with progress_bar(spec.num_train + spec.num_val, f"generating {root.name}", "clip") as bar:
+            train = _split_rows(spec, 0, spec.num_train, 0, tmp / "videos", bar)
+            val = _split_rows(spec, 1, spec.num_val, spec.num_train, tmp / "videos", bar)
         (tmp / "trainingSet.csv").write_text("".join(row + "\n" for row in train))
         (tmp / "validationSet.csv").write_text("".join(row + "\n" for row in val))
         categories = "".join(f"{n},{i}\n" for i, n in enumerate(spec.class_names()))

@@ -16,6 +16,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from pipeline.bars import progress_bar
 from pipeline.data import shards, storage
 from pipeline.data.annotations.rows import AnnotationError, csv_rows, read_text, text_lines
 from pipeline.data.views import ViewSpec
@@ -99,12 +100,12 @@ def batch_predict(
     local_dir = None if storage.is_remote(output) else os.path.dirname(os.path.abspath(output))
     if local_dir:
         os.makedirs(local_dir, exist_ok=True)
-    done, errors, start, last, first = 0, 0, time.monotonic(), 0.0, (0.0, 0)
+    done, errors, start, first = 0, 0, time.monotonic(), (0.0, 0)
     # The file is written beside the output (or in /tmp for S3) and moved into place only when complete.
     with tempfile.NamedTemporaryFile(dir=local_dir, prefix=".predict-", suffix=".parquet", delete=False) as tmp:
         staged = tmp.name
     try:
-        with pq.ParquetWriter(staged, SCHEMA) as writer:
+        with pq.ParquetWriter(staged, SCHEMA) as writer, progress_bar(len(uris), "predicting", "video") as bar:
             for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
                 index = batch["index"]
                 writer.write_table(top_k_table([uris[i] for i in index], batch["probs"], batch["status"], names, top_k))
@@ -112,10 +113,8 @@ def batch_predict(
                     first = (time.monotonic() - start, len(index))
                 done += len(index)
                 errors += int((batch["status"] != 0).sum())
-                if time.monotonic() - last > 10 or done == len(uris):
-                    last = time.monotonic()
-                    rate = done / max(last - start, 1e-9)
-                    logger.info("predicted %d/%d videos (%d not decoded), %.1f videos/s", done, len(uris), errors, rate)
+                bar.update(len(index))
+                bar.set_postfix(not_decoded=errors)
         if done != len(uris):
             raise RuntimeError(f"{len(uris) - done} of {len(uris)} videos came back unscored")
         if local_dir:
