@@ -103,11 +103,14 @@ def trial_cpus(cfg: JobConfig) -> float:
 
 
 def decoder_cpus(cfg: JobConfig, total_cpus: float) -> float:
-    """CPUs per decode task: a share of what the workers leave free, at most one (more would wait forever)."""
+    """CPUs per decode task: a share of what the workers leave free, at most one (more would wait forever). A cluster
+    with no CPU left for decoding now gets one per decoder, and the run waits for the nodes an autoscaler adds."""
     free = total_cpus - worker_cpus(cfg)
     if free <= 0:
-        raise ValueError(f"--num-workers {cfg.dist.num_workers} x --cpus-per-worker {cfg.dist.cpus_per_worker} leave "
-                         f"no CPU of {total_cpus:g} for decoding videos")  # fmt: skip
+        logger.warning("waiting for nodes: %d training workers x %g CPUs and %d decoders need %g CPUs, the cluster "
+                       "has %g now", cfg.dist.num_workers, cfg.dist.cpus_per_worker, cfg.data.decoders,
+                       trial_cpus(cfg), total_cpus)  # fmt: skip
+        return 1.0
     return min(1.0, free / cfg.data.decoders)
 
 
