@@ -15,7 +15,7 @@ from mlflow.tracking import MlflowClient
 from pipeline.data.synthetic import SyntheticSpec, generate_mmit
 from pipeline.registry.tracking import start_run
 from pipeline.train.config import JobConfig
-from pipeline.train.tune import SweepConfig, SweepJobConfig, _child_runs, run_sweep
+from pipeline.train.tune import SweepConfig, SweepJobConfig, _child_runs, concurrent_trials, run_sweep
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -100,3 +100,15 @@ def test_grid_and_optuna_are_refused_together():
     cfg = SweepJobConfig(sweep=SweepConfig(grid=True, search="optuna"))
     with pytest.raises(ValueError, match="--grid and --search optuna"):
         cfg.validate()
+
+
+def test_concurrent_trials_fit_the_cluster_and_queue_for_nodes_when_none_fit(caplog):
+    gpu = JobConfig().override(use_gpu=True, num_workers=2)
+    cpu = JobConfig().override(num_workers=1, cpus_per_worker=1, decoders=2)  # 3 CPUs a trial
+    assert concurrent_trials(gpu, SweepConfig(), {"CPU": 16, "GPU": 4}) == 2
+    assert concurrent_trials(cpu, SweepConfig(), {"CPU": 8}) == 2
+    assert concurrent_trials(cpu, SweepConfig(max_concurrent_trials=5), {"CPU": 8}) == 5
+    # KubeRay's 0-CPU head with its GPU group at zero replicas: no limit, Tune queues trials for the autoscaler.
+    with caplog.at_level("WARNING", logger="pipeline.train.tune"):
+        assert concurrent_trials(gpu, SweepConfig(), {"CPU": 0}) == 0
+    assert "waiting for nodes: a trial needs 2 GPUs, the cluster has 0 CPUs and 0 GPUs now" in caplog.text

@@ -256,11 +256,19 @@ def best_trial_checkpoint(results, base: JobConfig):
 
 
 def concurrent_trials(base: JobConfig, sweep: SweepConfig, resources: dict) -> int:
+    """Trials run at once: --max-concurrent-trials, else as many as the cluster fits now; 0 (no limit) when it fits
+    none yet (a KubeRay GPU group at zero replicas): Tune queues the trials and an autoscaler adds their nodes."""
     if sweep.max_concurrent_trials:
         return sweep.max_concurrent_trials
     if base.dist.use_gpu:
-        return max(1, int(resources.get("GPU", 0) // base.dist.num_workers))
-    return max(1, int(resources.get("CPU", 1) // trial_cpus(base)))
+        fits, need = int(resources.get("GPU", 0) // base.dist.num_workers), f"{base.dist.num_workers} GPUs"
+    else:
+        fits, need = int(resources.get("CPU", 0) // trial_cpus(base)), f"{trial_cpus(base):g} CPUs"
+    if fits < 1:
+        logger.warning("waiting for nodes: a trial needs %s, the cluster has %g CPUs and %g GPUs now; trials queue "
+                       "until nodes join (--max-concurrent-trials caps them)", need, resources.get("CPU", 0),
+                       resources.get("GPU", 0))  # fmt: skip
+    return max(fits, 0)
 
 
 def searcher(sweep: SweepConfig, seed: int):
@@ -349,7 +357,7 @@ def run_sweep(cfg: SweepJobConfig, datasets: Datasets | None = None) -> SweepOut
     resources = ray.cluster_resources()
     concurrent = concurrent_trials(base, sweep, resources)
     context = {"sweep_name": sweep_name, "tracking_uri": uri, "parent_run_id": parent.run_id,
-               "cpu_budget": resources.get("CPU", 1) / concurrent - TRIAL_CPUS}  # fmt: skip
+               "cpu_budget": resources.get("CPU", 0) / max(concurrent, 1) - TRIAL_CPUS}  # fmt: skip
     # The trial function only drives its TorchTrainer: it reserves next to no CPU, its workers and decoders do.
     trainable = tune.with_resources(
         tune.with_parameters(run_trial, base=base, datasets=datasets, context=context), {"CPU": TRIAL_CPUS}
