@@ -162,9 +162,9 @@ def main() -> None:
             lines.append(line)
         ray.shutdown()
     last = f"shards vs raw video: {to_raw:.2f}x clips/s, {bytes_ratio:.2f}x bytes"
-    print(last)
     record("Data pipeline (Ray Data vs decode limit and DataLoader; shards vs raw video)",
            "\n".join(f"- {line}" for line in [*lines, last]))  # fmt: skip
+    print(last)  # the last line, after record()'s own
 
 
 def copy_clips(sources: list[Path], dataset: Path, count: int) -> list[str]:
