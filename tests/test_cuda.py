@@ -49,7 +49,8 @@ def test_cuda_kernel_is_registered():
 def test_cuda_matches_cpu_kernel_and_reference(dtype, groups):
     x, offsets, weights = inputs(2, 7, 4 * groups, (5, 6), groups, torch.float32, "cpu", seed=groups)
     grad = torch.randn_like(x)
-    rounded = [v.to(dtype).float() for v in (x, offsets, weights, grad)]  # the inputs as `dtype` holds them
+    compute = dtype if dtype in (torch.float32, torch.float64) else torch.float32  # f16/bf16 against f32
+    rounded = [v.to(dtype).to(compute) for v in (x, offsets, weights, grad)]  # the inputs as `dtype` holds them
     cpu = forward_and_grads(temporal_interlace, *rounded[:3], rounded[3])
     reference = forward_and_grads(temporal_interlace_reference, *rounded[:3], rounded[3])
     cuda = forward_and_grads(temporal_interlace, *(v.to(dtype).cuda() for v in (x, offsets, weights)),
@@ -57,7 +58,7 @@ def test_cuda_matches_cpu_kernel_and_reference(dtype, groups):
     for got, want, want_ref in zip(cuda, cpu, reference, strict=True):
         assert got.dtype == dtype and got.is_cuda
         scale = want.abs().max().clamp(min=1.0)  # parameter gradients are sums over rows: compare relative to size
-        torch.testing.assert_close(got.cpu().float() / scale, want / scale, **TOLERANCE[dtype])
+        torch.testing.assert_close(got.cpu().to(compute) / scale, want / scale, **TOLERANCE[dtype])
         torch.testing.assert_close(want, want_ref, atol=1e-4, rtol=1e-4)
 
 

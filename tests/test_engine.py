@@ -99,3 +99,41 @@ def test_compiled_model_trains_and_keeps_the_op_one_node():
     engine.step(loss_of(engine, torch.randn(2, 4, 3, 32, 32)))
     assert not torch.equal(engine.module.fc.weight, before)
     assert engine.model is not engine.module  # the compiled wrapper runs, the plain module is what is saved
+
+
+@pytest.fixture
+def one_rank(monkeypatch):
+    """torch.distributed over gloo with one rank, as Ray Train sets it up for DeepSpeed."""
+    import torch.distributed as dist
+
+    from tests.conftest import free_port
+
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    monkeypatch.setenv("MASTER_PORT", str(free_port()))
+    monkeypatch.setenv("DS_ACCELERATOR", "cpu")
+    for name, value in {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "LOCAL_WORLD_SIZE": "1"}.items():
+        monkeypatch.setenv(name, value)
+    dist.init_process_group("gloo", rank=0, world_size=1)
+    yield
+    dist.destroy_process_group()
+
+
+@pytest.mark.integration
+def test_deepspeed_ends_an_accumulation_at_the_epochs_last_batch(one_rank):
+    from pipeline.train.engine import DeepSpeedEngine
+
+    cfg = JobConfig().override(arch="tin", num_segments=4, lr=0.1, strategy="deepspeed", grad_accum=4, zero_stage=1)
+    torch.manual_seed(0)
+    engine = DeepSpeedEngine(ModelConfig(**cfg.model.to_dict()).build(3), cfg, torch.device("cpu"), fc_lr5=False)
+    clips = torch.randn(2, 4, 3, 32, 32)
+    before = engine.module.fc.weight.detach().clone()
+    engine.step(loss_of(engine, clips))
+    assert torch.equal(engine.module.fc.weight, before)  # still accumulating
+    engine.step(loss_of(engine, clips, last=True))
+    stepped = engine.module.fc.weight.detach().clone()
+    assert not torch.equal(stepped, before) and engine.micro == 0
+    for _ in range(3):  # the next epoch accumulates a whole grad_accum again, counted from its first batch
+        engine.step(loss_of(engine, clips))
+        assert torch.equal(engine.module.fc.weight, stepped)
+    engine.step(loss_of(engine, clips))
+    assert not torch.equal(engine.module.fc.weight, stepped)

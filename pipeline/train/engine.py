@@ -147,13 +147,19 @@ class DeepSpeedEngine:
             self.model.compile()
         self.module = self.model.module
         self.autocast = dict(device_type=device.type, dtype=torch.bfloat16, enabled=bf16)
+        self.micro = 0  # batches since the last optimizer step
 
     def forward(self, clips: torch.Tensor, last: bool = False) -> torch.Tensor:
+        # The boundary is ours to set: an epoch's last batch ends an accumulation, so none runs into the next epoch
+        # (DeepSpeed's own micro-step count would carry it over, and past the epoch's checkpoint).
+        self._sync = last or (self.micro + 1) % self.cfg.dist.grad_accum == 0
+        self.model.set_gradient_accumulation_boundary(self._sync)
         return self.model(clips).float()  # DeepSpeed autocasts inside its forward
 
     def step(self, loss: torch.Tensor) -> None:
         self.model.backward(loss)  # scaled by 1 / gradient_accumulation_steps inside
         self.model.step()  # an optimizer step only at accumulation boundaries
+        self.micro = 0 if self._sync else self.micro + 1
 
     @torch.no_grad()
     def infer(self, clips: torch.Tensor) -> torch.Tensor:
