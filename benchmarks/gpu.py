@@ -21,19 +21,23 @@ from benchmarks.results import record
 from tin_core import ModelConfig, interlace_backends, temporal_interlace, temporal_interlace_reference
 
 
-def cuda_seconds(fn: Callable[[], object]) -> float:
-    """One call timed with CUDA events on the current stream."""
+def cuda_seconds(fn: Callable[[], object], calls: int = 1) -> float:
+    """Seconds per call of `calls` back-to-back calls, timed with CUDA events on the current stream (several calls per
+    pair of events, so that a kernel of microseconds is not timed as the host's launch overhead)."""
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
     start.record()
-    fn()
+    for _ in range(calls):
+        fn()
     end.record()
     torch.cuda.synchronize()
-    return start.elapsed_time(end) / 1e3
+    return start.elapsed_time(end) / 1e3 / calls
 
 
-def cuda_times(candidates: dict[str, Callable[[], object]], repeats: int, warmup: int = 3) -> dict[str, float]:
+def cuda_times(
+    candidates: dict[str, Callable[[], object]], repeats: int, warmup: int = 3, calls: int = 1
+) -> dict[str, float]:
     """Median seconds per call of each candidate, interleaved, timed with CUDA events."""
-    return median_times(candidates, repeats, warmup, timer=cuda_seconds)
+    return median_times(candidates, repeats, warmup, timer=lambda fn: cuda_seconds(fn, calls))
 
 
 # The interlaced channels (C/4) of ResNet-50's block inputs at 224 px: layer1-4.
@@ -53,7 +57,8 @@ def bench_op(repeats: int) -> None:
         for dtype in (torch.float32, torch.bfloat16):
             x, offsets, weights = op_inputs(*shape, dtype=dtype)
             with torch.no_grad():
-                t = cuda_times({"op": lambda: temporal_interlace(x, offsets, weights), "clone": x.clone}, repeats)
+                t = cuda_times({"op": lambda: temporal_interlace(x, offsets, weights), "clone": x.clone}, repeats,
+                               calls=20)  # fmt: skip
             gbs = 2 * x.numel() * x.element_size() / t["op"] / 1e9
             out(f"    {list(shape)} {str(dtype)[6:]}: op {t['op'] * 1e6:.0f} us, clone {t['clone'] * 1e6:.0f} us, "
                 f"ratio {t['op'] / t['clone']:.2f} ({gbs:.0f} GB/s read+write)")  # fmt: skip
@@ -66,7 +71,7 @@ def bench_op(repeats: int) -> None:
             return lambda: torch.autograd.grad(fn(x, offsets, weights), (x, offsets, weights), grad)
 
         t = cuda_times({"compiled": step(temporal_interlace), "reference": step(temporal_interlace_reference)},
-                       repeats)  # fmt: skip
+                       repeats, calls=5)  # fmt: skip
         out(f"    {list(shape)}: compiled {t['compiled'] * 1e3:.2f} ms, reference {t['reference'] * 1e3:.2f} ms, "
             f"speed-up {t['reference'] / t['compiled']:.1f}x")  # fmt: skip
 
@@ -103,6 +108,8 @@ def main() -> None:
     args = parser.parse_args()
     if not torch.cuda.is_available():
         raise SystemExit("no CUDA GPU here")
+    if not interlace_backends()["cuda"]:
+        raise SystemExit("the op was built without CUDA kernels: (a) and (b) would time the reference against itself")
     torch.backends.cudnn.benchmark = True
     out(f"torch {torch.__version__}, {torch.cuda.get_device_name(0)}, compiled kernels: {interlace_backends()}")
     bench_op(args.repeats)

@@ -20,3 +20,5 @@ fi
 "$PY" -c "import torch, tin_core; assert torch.cuda.is_available(), 'no GPU'; print(tin_core.interlace_backends())"
 "$PY" -m pytest -q -p no:cacheprovider -o addopts="" tests/test_cuda.py tests/test_ops.py -rs
 "$PY" -m benchmarks.gpu
+# On a lent machine ($OUT comes back to the session): the figures, to commit from there.
+if [ -n "${OUT:-}" ]; then cp benchmarks/RESULTS.md "$OUT/RESULTS.md"; fi
