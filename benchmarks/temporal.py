@@ -8,11 +8,13 @@ only by the direction of time, beside a plain PyTorch loop (written here, apart 
 The data: 10 events in 5 time-reversed pairs (moving right/left, down/up, growing/shrinking, brightening/darkening,
 turning clockwise/counterclockwise), one or two small sprites per clip doing them, up to one distractor wobbling in
 place, a dark noisy background, clips of 16-32 frames at 64 px, 400 training and 160 validation clips, multi-label.
-A frame-averaging model can at best name each event's pair: the time-blind ceiling is the samples-mAP of an oracle
-that knows the pairs and guesses directions. Every model is scored here by the same code on the same validation
-clips (centre view): samples-mAP, class-mAP, mean AP of the time-reversed classes, and direction accuracy (for each
-clip and pair with one labelled direction, how often the labelled direction scores above its reverse).
-Targets: TIN >= TSM >= TSN + 0.20 samples-mAP; TIN and TSM at least the plain loop's TSM; TSN near the ceiling.
+Two oracles that guess every direction bound what is learnt without time: the time-blind ceiling knows what single
+frames show (a growing or brightening sprite, not which sprite moves or turns), the most that TSN's average over
+frames can know; the direction-blind ceiling knows each event's pair. Every model is scored here by the same code on
+the same validation clips (centre view): samples-mAP, class-mAP, mean AP of the time-reversed classes, and direction
+accuracy (for each clip and pair with one labelled direction, how often the labelled direction scores above its
+reverse). Targets: TIN >= TSM >= TSN + 0.20 samples-mAP; TIN and TSM at least the plain loop's TSM; TSN near its
+time-blind ceiling.
 """
 
 from __future__ import annotations
@@ -72,13 +74,27 @@ def multi_hot(manifest) -> np.ndarray:
     return y
 
 
-def time_blind_ceiling(targets: np.ndarray, draws: int = 200, seed: int = 0) -> float:
-    """samples-mAP of an oracle that knows which pairs each clip shows but not their directions (ties at random)."""
+ALL_PAIRS = tuple(range(len(temporal_class_pairs())))
+# The pairs one frame shows (PAIRS order): growing/shrinking (sizes no other sprite has) and brightening/darkening (dim
+# sprites). A moving or turning sprite looks, frame by frame, like any other sprite, distractors included.
+FRAME_VISIBLE_PAIRS = (2, 3)
+
+
+def blind_ceiling(targets: np.ndarray, visible_pairs=ALL_PAIRS, draws: int = 200, seed: int = 0) -> float:
+    """samples-mAP of an oracle that never knows a direction: it knows which of `visible_pairs` each clip shows and,
+    of the other pairs, only whether any is shown (their classes then tie); ties are broken at random.
+
+    All pairs visible: the direction-blind ceiling (a model that compares frames but not their order). The pairs one
+    frame shows: the time-blind ceiling, the most that averaging over single frames (TSN) can know."""
     pair_of = np.arange(targets.shape[1]) // 2
+    hidden = ~np.isin(pair_of, visible_pairs)
     present = np.zeros_like(targets)
     for i, row in enumerate(targets):
         for pair in set(pair_of[row > 0]):
-            present[i, pair_of == pair] = 1
+            if pair in visible_pairs:
+                present[i, pair_of == pair] = 1
+            else:
+                present[i, hidden] = 0.5
     rng = np.random.default_rng(seed)
     return float(
         np.mean([map_over_videos(present + rng.uniform(0, 1e-3, targets.shape), targets) for _ in range(draws)])
@@ -298,8 +314,8 @@ def main(argv: list[str] | None = None) -> None:
     root = generate_mmit(DEFAULT_CACHE / f"temporal-benchmark-{spec.num_train}-{spec.num_val}-s{spec.seed}", spec)
     train, val = read_mmit(str(root), "training"), read_mmit(str(root), "validation")
     targets = multi_hot(val)
-    ceiling = time_blind_ceiling(targets)
-    print(f"{root}: {len(train.records)} + {len(val.records)} clips; time-blind ceiling {ceiling:.3f}", flush=True)
+    ceilings = {"time-blind": blind_ceiling(targets, FRAME_VISIBLE_PAIRS), "direction-blind": blind_ceiling(targets)}
+    print(f"{root}: {len(train.records)} + {len(val.records)} clips; ceilings {ceilings}", flush=True)
     runs: dict[str, list[dict]] = {}
     notes = []
     with tempfile.TemporaryDirectory(prefix="temporal-benchmark-") as tmp:
@@ -329,7 +345,8 @@ def main(argv: list[str] | None = None) -> None:
         f"{r['direction_accuracy']:.3f} |"
         for name, r in rows.items()
     ]
-    table.append(f"| time-blind ceiling | {ceiling:.3f} | | | 0.5 |")
+    table.append(f"| time-blind ceiling (what single frames show) | {ceilings['time-blind']:.3f} | | | 0.5 |")
+    table.append(f"| direction-blind ceiling (each event's pair) | {ceilings['direction-blind']:.3f} | | | 0.5 |")
     body = "\n".join(
         [
             f"{spec.num_train} + {spec.num_val} clips, budget {budget}"
@@ -338,10 +355,11 @@ def main(argv: list[str] | None = None) -> None:
             *table,
             "",
             *notes,
-            *targets_lines(rows, ceiling),
+            *targets_lines(rows, ceilings["time-blind"]),
+            f"({(time.perf_counter() - started) / 60:.0f} minutes)",
         ]
     )
-    print(body + f"\n({time.perf_counter() - started:.0f} s)", flush=True)
+    print(body, flush=True)
     if args.no_record:
         return
     if args.ablation:
@@ -376,7 +394,7 @@ def targets_lines(rows: dict, ceiling: float) -> list[str]:
                     f"{'met' if ok else 'NOT met'}"
                 )
     if "job tsn" in m:
-        lines.append(f"- TSN against the time-blind ceiling: {m['job tsn']:.3f} vs {ceiling:.3f}")
+        lines.append(f"- TSN against its time-blind ceiling: {m['job tsn']:.3f} vs {ceiling:.3f}")
     return lines
 
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from benchmarks import results
-from benchmarks.temporal import scores_report, time_blind_ceiling
+from benchmarks.temporal import FRAME_VISIBLE_PAIRS, blind_ceiling, scores_report
 
 # The synthetic events' five time-reversed pairs (classes 0/1 ... 8/9) and one clip per labelled direction.
 TARGETS = np.eye(10, dtype=np.float32)
@@ -19,7 +19,15 @@ def test_a_time_blind_model_guesses_directions():
     blind = np.repeat(TARGETS.reshape(10, 5, 2).sum(axis=2), 2, axis=1)  # both directions of the shown pair
     blind[:, ::2] += 1e-3  # always "forward"
     assert scores_report(blind, TARGETS)["direction_accuracy"] == 0.5
-    assert time_blind_ceiling(TARGETS) == pytest.approx(0.75, abs=0.05)  # the right class first half the time
+    assert blind_ceiling(TARGETS) == pytest.approx(0.75, abs=0.05)  # the right class first half the time
+
+
+def test_single_frames_show_only_some_pairs():
+    # growing and brightening clips: a coin toss between the pair's two classes (0.75); moving and turning clips: the
+    # right class among the six of those pairs, tied (mean of 1/rank, 0.41)
+    expected = (4 * 0.75 + 6 * sum(1 / r for r in range(1, 7)) / 6) / 10
+    assert FRAME_VISIBLE_PAIRS == (2, 3)
+    assert blind_ceiling(TARGETS, FRAME_VISIBLE_PAIRS) == pytest.approx(expected, abs=0.03)
 
 
 @pytest.fixture
