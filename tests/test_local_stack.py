@@ -374,7 +374,8 @@ def _submit_training(stack, data: str, name: str, *flags: str, env_vars: dict | 
     bucket = stack["env"]["TIN_STACK_BUCKET"]
     args = ["--data", data, "--storage", f"s3://{bucket}/runs", "--name", name, "--experiment", "stack",
             "--register-as", name, "--batch-size", "4", "--num-workers", "2", "--cpus-per-worker", "0.75",
-            "--frame-size", "32", "--num-segments", "4", "--warmup-epochs", "0.5", *flags]  # fmt: skip
+            "--cpus-per-decoder", "0.25", "--frame-size", "32", "--num-segments", "4", "--warmup-epochs", "0.5",
+            *flags]  # fmt: skip
     runtime_env = {"env_vars": env_vars or {}}
     submit = ["job", "submit", "--no-wait", "--submission-id", name, "--working-dir", str(REPO),
               "--runtime-env-json", json.dumps(runtime_env), "--", "python", "jobs/train_mmit.py"]  # fmt: skip
@@ -475,6 +476,38 @@ def test_train_job_on_the_stack_survives_losing_a_worker_node(stack, s3, stack_d
     assert resumed[0] == -1 and resumed[3] >= 0, f"the restarted workers must resume from a checkpoint: {resumed}"
     assert client.get_model_version_by_alias("stack-kill", "champion").version == "1"
     _assert_no_secrets(stack, client, run.info.run_id, logs)
+
+
+def _alive_nodes(stack) -> int:
+    result = _run_with_stack_env(stack, "import ray\nray.init(log_to_driver=False)\n"
+                                 "print('ALIVE', sum(n['Alive'] for n in ray.nodes()))\n")  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    return int(result.stdout.split("ALIVE", 1)[1].split()[0])
+
+
+def test_a_job_larger_than_the_cluster_waits_for_the_node_that_joins(stack, s3, stack_data):
+    """Submitted while the worker node is away, a job whose two training workers (0.75 CPU each) and a decoder do not
+    fit the 1-CPU head says what it waits for, waits, and trains once the node joins (`up.sh` starts it)."""
+    _kill_worker_node(stack)
+    deadline = time.monotonic() + 120
+    while _alive_nodes(stack) != 1:  # the GCS marks the killed node dead after missed health checks
+        assert time.monotonic() < deadline, "the killed node still counts as alive"
+        time.sleep(2)
+    job = _submit_training(stack, stack_data, "stack-grow", "--epochs", "1")
+    deadline = time.monotonic() + 180
+    while "waiting for nodes" not in (logs := _ray_cli(stack, "job", "logs", job).stdout):
+        assert _job_status(stack, job) in {"PENDING", "RUNNING"}, logs[-3000:]
+        assert time.monotonic() < deadline, f"no line saying what the job waits for:\n{logs[-3000:]}"
+        time.sleep(2)
+    assert "the run needs 1.75 CPUs (2 training workers x 0.75 and one decoder x 0.25), the cluster has 1 now" in logs
+    time.sleep(10)  # it waits rather than fails
+    assert _job_status(stack, job) == "RUNNING"
+    up = subprocess.run(["bash", str(LOCAL / "up.sh")], env=stack["script_env"], capture_output=True, text=True,
+                        timeout=300)  # fmt: skip
+    assert up.returncode == 0 and "starting Ray worker node" in up.stdout, up.stdout + up.stderr
+    status, logs = _wait_job(stack, job)
+    assert status == "SUCCEEDED", logs[-6000:]
+    assert "stack-grow version 1 is the new champion" in logs
 
 
 def _assert_no_secrets(stack, client, run_id: str, logs: str) -> None:

@@ -21,7 +21,7 @@ from mlflow.tracking import MlflowClient
 from pipeline.data.synthetic import SyntheticSpec, generate_mmit
 from pipeline.registry.tracking import log_and_register_model, start_run
 from pipeline.train.config import JobConfig, flat_values
-from pipeline.train.driver import decoder_cpus, run_training
+from pipeline.train.driver import run_training, trial_cpus, warn_if_waiting
 from pipeline.train.results import summary
 
 REPO = Path(__file__).resolve().parents[1]
@@ -257,12 +257,15 @@ def test_bad_annotations_name_file_and_line(tmp_path, tiny_root):
     assert "trainingSet.csv line 17" in result.stderr and "99" in result.stderr
 
 
-def test_decoders_share_free_cpus_and_wait_for_nodes_when_none_are_free(caplog):
-    cfg = JobConfig().override(num_workers=2, cpus_per_worker=1, decoders=4)
-    assert decoder_cpus(cfg, 8) == 1.0 and decoder_cpus(cfg, 4) == 0.5  # 2 CPUs free for 4 decoders
-    # A 0-CPU head (KubeRay's) before the autoscaler adds workers: one CPU per decoder, and a line saying why it waits.
+def test_a_run_the_cluster_cannot_place_now_says_what_it_waits_for(caplog):
+    cfg = JobConfig().override(num_workers=2, cpus_per_worker=1, decoders=4, cpus_per_decoder=1)
+    assert trial_cpus(cfg) == 6  # all four decoders running; the run starts with one
     with caplog.at_level("WARNING", logger="pipeline.train.driver"):
-        assert decoder_cpus(cfg, 0) == 1.0
-    assert "waiting for nodes: 2 training workers x 1 CPUs and 4 decoders need 6 CPUs, the cluster has 0 now" in (
-        caplog.text
-    )
+        assert not warn_if_waiting(cfg, {"CPU": 3})
+        assert not caplog.text
+        # KubeRay's 0-CPU head before the autoscaler adds workers; a GPU run on a GPU group at zero replicas
+        assert warn_if_waiting(cfg, {"CPU": 0})
+        assert warn_if_waiting(cfg.override(use_gpu=True), {"CPU": 8})
+    assert ("waiting for nodes: the run needs 3 CPUs (2 training workers x 1 and one decoder x 1), the cluster has 0 "
+            "now; decoding grows to --decoders 4 as CPUs join") in caplog.text  # fmt: skip
+    assert "the run needs 2 GPUs, the cluster has 0 now" in caplog.text

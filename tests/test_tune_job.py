@@ -104,7 +104,7 @@ def test_grid_and_optuna_are_refused_together():
 
 def test_concurrent_trials_fit_the_cluster_and_queue_for_nodes_when_none_fit(caplog):
     gpu = JobConfig().override(use_gpu=True, num_workers=2)
-    cpu = JobConfig().override(num_workers=1, cpus_per_worker=1, decoders=2)  # 3 CPUs a trial
+    cpu = JobConfig().override(num_workers=1, cpus_per_worker=1, decoders=2, cpus_per_decoder=1)  # 3 CPUs a trial
     assert concurrent_trials(gpu, SweepConfig(), {"CPU": 16, "GPU": 4}) == 2
     assert concurrent_trials(cpu, SweepConfig(), {"CPU": 8}) == 2
     assert concurrent_trials(cpu, SweepConfig(max_concurrent_trials=5), {"CPU": 8}) == 5

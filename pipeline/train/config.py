@@ -41,7 +41,9 @@ class DataConfig:
     max_bad_fraction: float = 0.05
     """stop when more than this fraction of videos fails to decode"""
     decoders: int = 2
-    """concurrent Ray Data decode tasks"""
+    """the most Ray Data decode tasks at once: they start as CPUs free up, so a cluster that grows gets more of them"""
+    cpus_per_decoder: float = 0.5
+    """CPUs each decode task reserves (0.5: two decoders beside a training worker on 2 CPUs; clusters: 1)"""
     num_train: int = 320
     """generated default data: training clips"""
     num_val: int = 96
@@ -141,6 +143,7 @@ class JobConfig:
             (o.weight_decay >= 0, "weight_decay", ">= 0"),
             (0 <= d.max_bad_fraction <= 1, "max_bad_fraction", "in [0, 1]"),
             (d.decoders >= 1, "decoders", ">= 1"),
+            (d.cpus_per_decoder > 0, "cpus_per_decoder", "> 0"),
             (w.grad_accum >= 1, "grad_accum", ">= 1"),
             (m.groups >= 1, "groups", ">= 1"),
             (m.shift_div >= 0, "shift_div", ">= 0"),

@@ -98,20 +98,26 @@ def worker_cpus(cfg: JobConfig) -> float:
 
 
 def trial_cpus(cfg: JobConfig) -> float:
-    """CPUs one training run wants: its workers' reservations and one CPU per decoder."""
-    return worker_cpus(cfg) + cfg.data.decoders
+    """CPUs one training run uses with all its decoders running."""
+    return worker_cpus(cfg) + cfg.data.decoders * cfg.data.cpus_per_decoder
 
 
-def decoder_cpus(cfg: JobConfig, total_cpus: float) -> float:
-    """CPUs per decode task: a share of what the workers leave free, at most one (more would wait forever). A cluster
-    with no CPU left for decoding now gets one per decoder, and the run waits for the nodes an autoscaler adds."""
-    free = total_cpus - worker_cpus(cfg)
-    if free <= 0:
-        logger.warning("waiting for nodes: %d training workers x %g CPUs and %d decoders need %g CPUs, the cluster "
-                       "has %g now", cfg.dist.num_workers, cfg.dist.cpus_per_worker, cfg.data.decoders,
-                       trial_cpus(cfg), total_cpus)  # fmt: skip
-        return 1.0
-    return min(1.0, free / cfg.data.decoders)
+def warn_if_waiting(cfg: JobConfig, resources: dict) -> bool:
+    """Log what the run waits for when the cluster cannot place its workers and one decoder now (an autoscaler adds
+    the nodes: KubeRay's 0-CPU head, a GPU group at zero replicas); True if it waits."""
+    cpus, gpus = resources.get("CPU", 0.0), resources.get("GPU", 0.0)
+    d, w = cfg.data, cfg.dist
+    least = w.num_workers * w.cpus_per_worker + d.cpus_per_decoder
+    short = []
+    if cpus < least:
+        short.append(f"{least:g} CPUs ({w.num_workers} training workers x {w.cpus_per_worker:g} and one decoder x "
+                     f"{d.cpus_per_decoder:g}), the cluster has {cpus:g}")  # fmt: skip
+    if cfg.dist.use_gpu and gpus < cfg.dist.num_workers:
+        short.append(f"{cfg.dist.num_workers} GPUs, the cluster has {gpus:g}")
+    if short:
+        logger.warning("waiting for nodes: the run needs %s now; decoding grows to --decoders %d as CPUs join",
+                       "; ".join(short), cfg.data.decoders)  # fmt: skip
+    return bool(short)
 
 
 def build_trainer(
@@ -120,11 +126,9 @@ def build_trainer(
     tracker: Tracker | None,
     run_name: str,
     callbacks: list | None = None,
-    cpu_budget: float | None = None,
 ) -> TorchTrainer:
-    """A TorchTrainer for `cfg`. Decoders share the CPUs of `cpu_budget` (default: the cluster's) that the workers
-    leave free."""
-    cpus_per_decoder = decoder_cpus(cfg, cpu_budget or ray.cluster_resources().get("CPU", 1.0))
+    """A TorchTrainer for `cfg`: up to --decoders decode tasks of --cpus-per-decoder CPUs each, run as CPUs allow."""
+    cpus_per_decoder = cfg.data.cpus_per_decoder
     train_rows = manifest_rows(datasets.train)
     train_ds = clip_dataset(
         train_rows, clip_spec(cfg), datasets.train.num_classes, datasets.train.multi_label, train=True,
@@ -176,6 +180,7 @@ def run_training(cfg: JobConfig, datasets: Datasets | None = None) -> TrainOutco
     run_name = cfg.tracking.name or f"{cfg.model.arch}-{time.strftime('%Y%m%d-%H%M%S')}"
     uri = tracking_uri(cfg.tracking.mlflow_uri)
     connect_ray()
+    warn_if_waiting(cfg, ray.cluster_resources())
     params = {**flat_values(cfg), "data": datasets.root, "name": run_name}
     tracker = start_run(uri, cfg.tracking.experiment, run_name, params)
     logger.info("MLflow run %s in %s", tracker.run_id, redact(uri))

@@ -138,8 +138,7 @@ def run_trial(config: dict, base: JobConfig, datasets: Datasets, context: dict) 
             datasets.train.num_classes
         )  # fails here, not per retry
         ray.data.DataContext.get_current().enable_progress_bars = False
-        trainer = build_trainer(cfg, datasets, tracker, cfg.tracking.name, callbacks=[TrialProgress(cfg.optim.epochs)],
-                                cpu_budget=context["cpu_budget"])  # fmt: skip
+        trainer = build_trainer(cfg, datasets, tracker, cfg.tracking.name, callbacks=[TrialProgress(cfg.optim.epochs)])
         result = trainer.fit()
         if result.error:
             raise result.error
@@ -356,8 +355,7 @@ def run_sweep(cfg: SweepJobConfig, datasets: Datasets | None = None) -> SweepOut
     logger.info("MLflow sweep run %s in %s", parent.run_id, redact(uri))
     resources = ray.cluster_resources()
     concurrent = concurrent_trials(base, sweep, resources)
-    context = {"sweep_name": sweep_name, "tracking_uri": uri, "parent_run_id": parent.run_id,
-               "cpu_budget": resources.get("CPU", 0) / max(concurrent, 1) - TRIAL_CPUS}  # fmt: skip
+    context = {"sweep_name": sweep_name, "tracking_uri": uri, "parent_run_id": parent.run_id}
     # The trial function only drives its TorchTrainer: it reserves next to no CPU, its workers and decoders do.
     trainable = tune.with_resources(
         tune.with_parameters(run_trial, base=base, datasets=datasets, context=context), {"CPU": TRIAL_CPUS}
