@@ -92,3 +92,12 @@ def test_interlace_nets_learn_faster_than_the_backbone():
     assert parse_cli(JobConfig, ["--config", str(AUTHORS)], "").optim.interlace_lr_mult == 1
     at_default, at_base = offsets_moved(JobConfig().optim.interlace_lr_mult), offsets_moved(1.0)
     assert at_default > 5 * at_base, (at_default, at_base)
+
+
+def test_two_decoders_beside_one_training_worker_fill_two_cpus():
+    # The embedded default runs on a laptop: one training worker (1 CPU) and two decoders of half a CPU each.
+    from pipeline.train.driver import trial_cpus
+
+    cfg = JobConfig()
+    assert (cfg.data.decoders, cfg.data.cpus_per_decoder, cfg.dist.cpus_per_worker) == (2, 0.5, 1.0)
+    assert trial_cpus(cfg) == 2

@@ -14,14 +14,17 @@ def _short(layer: str) -> str:
     return layer.removeprefix("backbone.").removesuffix(".conv1.temporal")
 
 
-def plot_offsets(trace: list[dict]) -> plt.Figure:
-    """Mean learned offset of each group at each TIN layer (x: layer in network order)."""
+def plot_offsets(trace: list[dict], start: float | None = None) -> plt.Figure:
+    """Mean learned offset of each group at each TIN layer (x: layer in network order), beside where the offsets
+    started (`start`, the model's offset_init) so that what training moved shows."""
     layers = [_short(t["layer"]) for t in trace]
     offsets = np.stack([t["offsets"].mean(dim=0).numpy() for t in trace])  # [layers, groups]
     fig, ax = plt.subplots(figsize=(max(6, len(layers) * 0.45), 3.5))
     for g in range(offsets.shape[1]):
         ax.plot(range(len(layers)), offsets[:, g], marker="o", label=f"group {g} (reverse: -)")
     ax.axhline(0, color="grey", lw=0.5)
+    if start is not None:
+        ax.axhline(start, color="black", ls="--", lw=1, label=f"start ({start:g})")
     ax.set_xticks(range(len(layers)), layers, rotation=60, fontsize=7)
     ax.set(xlabel="layer", ylabel="offset (frames)", title="Learned offsets per layer and group")
     ax.legend(fontsize=7)

@@ -88,7 +88,7 @@ def log_results(cfg: JobConfig, tracker: Tracker, datasets: Datasets, checkpoint
     model.load_state_dict(torch.load(checkpoint_dir / MODEL_FILE, map_location="cpu", weights_only=True))
     if cfg.model.arch == "tin":
         trace = interlace_trace(model, normalize(torch.from_numpy(clips)))
-        tracker.log_figure(plot_offsets(trace), "plots/offsets_per_layer.png")
+        tracker.log_figure(plot_offsets(trace, start=cfg.model.offset_init), "plots/offsets_per_layer.png")
         tracker.log_figure(plot_weights(trace), "plots/weights_per_frame.png")
     config = model_config(cfg.model, num_classes, cfg.data.frame_size, cfg.data.short_side, names,
                           datasets.train.multi_label)  # fmt: skip
