@@ -37,7 +37,7 @@ def test_epoch_summary_is_what_the_tune_table_adds():
         best.update(report(epoch, val_map))
     assert best.update(report(2, 0.6)) == (0.7, 1)
     summary = epoch_summary(report(2, 0.6), 40, best.best)
-    assert summary == {"epochs_done": 3, "best_val_map": 0.7, "best_epoch": 2, "eta_s": 37 * 30.0}
+    assert summary == {"epochs_done": 3, "best_val_map": 0.7, "best_epoch": 2, "eta_s": 37 * 30.0, "eta": "18m"}
 
 
 def test_callback_prints_one_line_per_epoch_keeping_the_best(capsys):

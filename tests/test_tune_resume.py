@@ -64,7 +64,7 @@ def test_an_interrupted_optuna_sweep_resumes_under_its_name(cluster, tmp_path):
     # Tune's trial table carries the training job's epoch summary.
     header = [line for line in output.splitlines() if "Trial name" in line][-1]  # the last table, after results
     columns = [c.strip() for c in header.split("|")]
-    expected = {"epoch", "train_loss", "val_map", "best", "clips/s", "data_wait", "eta_s", "groups", "lr"}
+    expected = {"epoch", "train_loss", "val_map", "best", "best @", "clips/s", "data_wait", "eta", "groups", "lr"}
     assert expected <= set(columns), header
     assert trials_done(tmp_path / "runs" / "tpe", 2) == 1
     first = [r for r in trial_runs(client, "sweeps", "tpe") if len(client.get_metric_history(r.info.run_id,

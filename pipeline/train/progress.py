@@ -27,7 +27,13 @@ def epoch_summary(metrics: dict, epochs: int, best: tuple[float, int]) -> dict:
     (`best`: value, 0-based epoch) and the time left, assuming epochs like this one."""
     done = int(metrics["epoch"]) + 1
     left = (epochs - done) * (metrics.get("train_seconds", 0.0) + metrics.get("val_seconds", 0.0))
-    return {"epochs_done": done, "best_val_map": best[0], "best_epoch": best[1] + 1, "eta_s": left}
+    return {
+        "epochs_done": done,
+        "best_val_map": best[0],
+        "best_epoch": best[1] + 1,
+        "eta_s": left,
+        "eta": duration(left),
+    }
 
 
 def epoch_line(metrics: dict, epochs: int, best: tuple[float, int]) -> str:

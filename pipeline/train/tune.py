@@ -121,8 +121,8 @@ class TrialProgress(TuneReportCallback):
 
 
 TABLE_COLUMNS = {"epochs_done": "epoch", "train_loss": "train_loss", "val_map": "val_map",
-                 "best_val_map": "best", "clips_per_s": "clips/s", "data_wait_fraction": "data_wait",
-                 "eta_s": "eta_s"}  # fmt: skip
+                 "best_val_map": "best", "best_epoch": "best @", "clips_per_s": "clips/s",
+                 "data_wait_fraction": "data_wait", "eta": "eta"}  # fmt: skip
 
 
 def run_trial(config: dict, base: JobConfig, datasets: Datasets, context: dict) -> None:
