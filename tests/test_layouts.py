@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +20,8 @@ from pipeline.data.synthetic import SyntheticSpec, generate_mmit
 from pipeline.train.config import JobConfig
 from pipeline.train.driver import run_training
 from pipeline.train.loop import META_FILE, clip_spec
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def write(root: Path, files: dict[str, str]) -> Path:
@@ -82,9 +87,11 @@ def cluster(tmp_path_factory):
 
 
 def test_a_single_label_format_trains_end_to_end(cluster, tmp_path):
-    """UCF101's layout over generated clips (each clip's first label as its class): top-1 and top-5 are logged."""
+    """UCF101's layout over generated clips (each clip's first label as its class): top-1 and top-5 are logged; the
+    model then scores a Kinetics layout of the same clips whose validation split lacks a class."""
     mmit = generate_mmit(tmp_path / "mmit", SyntheticSpec(num_train=12, num_val=6, frames=12, size=32))
     names = read_mmit(str(mmit)).class_names
+    order = sorted(range(len(names)), key=lambda k: names[k].replace(" ", "_"))  # Kinetics' ids: sorted names
     root = tmp_path / "ucf"
     lists = {"train": [], "test": []}
     for split, key in (("training", "train"), ("validation", "test")):
@@ -93,8 +100,10 @@ def test_a_single_label_format_trains_end_to_end(cluster, tmp_path):
             target = root / "videos" / name / Path(record.uri).name
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy(record.uri, target)
-            lists[key].append(f"{name}/{target.name}" + (f" {record.labels[0] + 1}" if key == "train" else ""))
-    index = "".join(f"{k + 1} {n.replace(' ', '_')}\n" for k, n in enumerate(names))
+            lists[key].append(
+                f"{name}/{target.name}" + (f" {order.index(record.labels[0]) + 1}" if key == "train" else "")
+            )
+    index = "".join(f"{i + 1} {names[k].replace(' ', '_')}\n" for i, k in enumerate(order))
     write(root, {"ucfTrainTestlist/classInd.txt": index,
                  "ucfTrainTestlist/trainlist01.txt": "\n".join(lists["train"]) + "\n",
                  "ucfTrainTestlist/testlist01.txt": "\n".join(lists["test"]) + "\n"})  # fmt: skip
@@ -110,3 +119,28 @@ def test_a_single_label_format_trains_end_to_end(cluster, tmp_path):
     assert np.trace(confusion) / 6 == pytest.approx(m["val_top1"])
     artifacts = {a.path for a in MlflowClient(cfg.tracking.mlflow_uri).list_artifacts(outcome.run_id, "plots")}
     assert "plots/confusion_matrix.png" in artifacts
+
+    # Kinetics derives its classes from a split's rows; the evaluation job must keep the model's ids instead.
+    kinetics = tmp_path / "kinetics"
+    rows = []
+    for record in read_mmit(str(mmit), "validation").records:
+        label = names[record.labels[0]].replace(" ", "_")
+        if label == names[order[0]].replace(" ", "_"):
+            continue  # the validation split lacks the first class
+        target = kinetics / "videos" / label / f"{Path(record.uri).stem}_000000_000010.mp4"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(record.uri, target)
+        rows.append(f"{label},{Path(record.uri).stem},0,10,val\n")
+    header = "label,youtube_id,time_start,time_end,split\n"
+    write(kinetics, {"train.csv": header, "validate.csv": header + "".join(rows)})
+    import ray
+
+    env = {**os.environ, "RAY_ADDRESS": ray.get_runtime_context().gcs_address}
+    result = subprocess.run(
+        [sys.executable, str(REPO / "jobs" / "evaluate_mmit.py"), "--model", "models:/tiny-ucf/1", "--data",
+         str(kinetics), "--format", "kinetics", "--mlflow-uri", cfg.tracking.mlflow_uri],
+        capture_output=True, text=True, env=env, timeout=600,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    assert summary["videos"] == len(rows) and 0 <= summary["val_top1"] <= 1

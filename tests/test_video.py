@@ -247,6 +247,17 @@ def test_requested_indices_return_exactly_those_frames(tmp_path: Path, backend: 
     assert np.abs(resized.mean(axis=(2, 3, 4)) - _brightness(segment_indices(20, 8, "test", num_clips=2))).max() < 3
 
 
+def test_resampling_to_a_lower_fps_keeps_the_nearest_earlier_frames(tmp_path: Path) -> None:
+    """The prepare job's --fps: a 10 fps clip at 4 fps keeps frames 0, 2, 5, 7, ... (every 2.5th, floored)."""
+    path = _brightness_clip(tmp_path)
+    info, frames = video.iter_frames(str(path), fps=4)
+    kept = np.stack(list(frames))
+    assert info.fps == 4 and kept.shape == (8, 48, 64, 3)
+    assert np.abs(kept.mean(axis=(1, 2, 3)) - _brightness(np.array([0, 2, 5, 7, 10, 12, 15, 17]))).max() < 3
+    info, frames = video.iter_frames(str(path), fps=30)  # never more frames than the source has
+    assert info.fps == pytest.approx(10) and len(list(frames)) == 20
+
+
 # --- errors ---
 
 
