@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from benchmarks import results
-from benchmarks.temporal import FRAME_VISIBLE_PAIRS, blind_ceiling, scores_report
+from benchmarks.temporal import FRAME_VISIBLE_PAIRS, ceiling_report, scores_report
 
 # The synthetic events' five time-reversed pairs (classes 0/1 ... 8/9) and one clip per labelled direction.
 TARGETS = np.eye(10, dtype=np.float32)
@@ -13,13 +13,14 @@ TARGETS = np.eye(10, dtype=np.float32)
 def test_a_model_that_knows_time_scores_perfectly():
     report = scores_report(TARGETS + 0.0, TARGETS)
     assert report["samples_map"] == report["reversed_map"] == report["direction_accuracy"] == 1.0
+    assert report["visible_map"] == report["hidden_map"] == 1.0
 
 
 def test_a_time_blind_model_guesses_directions():
     blind = np.repeat(TARGETS.reshape(10, 5, 2).sum(axis=2), 2, axis=1)  # both directions of the shown pair
     blind[:, ::2] += 1e-3  # always "forward"
     assert scores_report(blind, TARGETS)["direction_accuracy"] == 0.5
-    assert blind_ceiling(TARGETS) == pytest.approx(0.75, abs=0.05)  # the right class first half the time
+    assert ceiling_report(TARGETS)["samples_map"] == pytest.approx(0.75, abs=0.05)  # right class first half the time
 
 
 def test_single_frames_show_only_some_pairs():
@@ -27,7 +28,11 @@ def test_single_frames_show_only_some_pairs():
     # right class among the six of those pairs, tied (mean of 1/rank, 0.41)
     expected = (4 * 0.75 + 6 * sum(1 / r for r in range(1, 7)) / 6) / 10
     assert FRAME_VISIBLE_PAIRS == (2, 3)
-    assert blind_ceiling(TARGETS, FRAME_VISIBLE_PAIRS) == pytest.approx(expected, abs=0.03)
+    ceiling = ceiling_report(TARGETS, FRAME_VISIBLE_PAIRS)
+    assert ceiling["samples_map"] == pytest.approx(expected, abs=0.03)
+    assert ceiling["visible_map"] == pytest.approx(0.75, abs=0.05)  # the pair known, its direction a coin toss
+    assert ceiling["hidden_map"] == pytest.approx(sum(1 / r for r in range(1, 7)) / 6, abs=0.05)  # six classes tied
+    assert ceiling["direction_accuracy"] == pytest.approx(0.5, abs=0.1)
 
 
 @pytest.fixture
