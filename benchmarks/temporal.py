@@ -4,6 +4,7 @@ only by the direction of time, beside a plain PyTorch loop (written here, apart 
     python -m benchmarks.temporal                      # about 30 minutes on 2 CPUs
     python -m benchmarks.temporal --num-train 48 --num-val 24 --epochs 1 --no-record    # a smoke run
     python -m benchmarks.temporal --seeds 0 1 2        # every run once per seed (default 0 1); rows are the means
+    python -m benchmarks.temporal --archs --plain tsn --num-train 2000    # the plain loop alone, on 5x the clips
 
 The data: 10 events in 5 time-reversed pairs (moving right/left, down/up, growing/shrinking, brightening/darkening,
 turning clockwise/counterclockwise), one or two small sprites per clip doing them, up to one distractor wobbling in
@@ -300,7 +301,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--num-train", type=int, default=SPEC.num_train, help="training clips")
     parser.add_argument("--num-val", type=int, default=SPEC.num_val, help="validation clips")
     parser.add_argument("--epochs", type=int, default=BUDGET["epochs"], help="epochs of every run")
-    parser.add_argument("--archs", nargs="+", default=["tsn", "tsm", "tin"], choices=["tsn", "tsm", "tin"])
+    parser.add_argument(
+        "--archs", nargs="*", default=["tsn", "tsm", "tin"], choices=["tsn", "tsm", "tin"], help="job runs"
+    )
     parser.add_argument("--plain", nargs="*", default=["tsm"], choices=["tsn", "tsm"], help="plain-loop runs")
     parser.add_argument(
         "--job-flags", default="", help="extra flags for every job run (an ablation), e.g. '--dropout 0.5'"
