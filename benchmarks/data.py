@@ -9,6 +9,8 @@ clips/s of the Ray Data pipeline (decode only the sampled frames, transform, str
 and the same pipeline reading frame shards of the same clips (jobs/prepare_mmit.py at the training short side)
 against the raw videos (and a DataLoader on the shards), with the bytes stored per clip, from local disk and from S3
 (a moto server on 127.0.0.1, in its own process). Targets: >= 0.9x of (a), >= 1.0x of (b), shards >= 5x raw video.
+On S3 it also times moto's range reads: moto reads a whole object to answer a range, so a shard row costs there
+what the whole shard costs, which real S3 does not.
 Each figure is the second of two passes (the first warms processes and caches alike for all three), measured in
 interleaved rounds so that a slow spell of a shared machine hits each alike; ratios are per round and as medians.
 """
@@ -159,12 +161,42 @@ def main() -> None:
             s3_shards = [r.uri for r in read_split(f"{remote}/shards", "training").records]
             s3_clips = [f"{remote}/dataset/videos/{Path(p).name}" for p in local]
             line, _ = measure("S3 (moto)", s3_clips, s3_shards, args.rounds)
-            lines.append(line)
+            lines += [line, range_read_cost(s3_shards[0])]
         ray.shutdown()
     last = f"shards vs raw video: {to_raw:.2f}x clips/s, {bytes_ratio:.2f}x bytes"
     record("Data pipeline (Ray Data vs decode limit and DataLoader; shards vs raw video)",
            "\n".join(f"- {line}" for line in [*lines, last]))  # fmt: skip
     print(last)  # the last line, after record()'s own
+
+
+def range_read_cost(row_uri: str, reads: int = 20) -> str:
+    """GETs/s of one shard row's byte range from its shard object against a whole object of the row's size: moto
+    reads a whole object to answer a range, which real S3 does not, so this bounds what shards reach on moto."""
+    import pyarrow.parquet as pq
+
+    from pipeline.data import storage
+
+    shard_uri, _, group = row_uri.rpartition("#")
+    fs, path = storage.filesystem(shard_uri)
+    with fs.open(path, "rb") as f:
+        columns = pq.ParquetFile(f).metadata.row_group(int(group))
+        start = min(columns.column(i).file_offset for i in range(columns.num_columns))
+        length = sum(columns.column(i).total_compressed_size for i in range(columns.num_columns))
+    alone = f"{path.split('/', 1)[0]}/range-read-probe"
+    fs.pipe_file(alone, os.urandom(length))
+
+    def rate(fetch) -> float:
+        started = time.perf_counter()
+        for _ in range(reads):
+            fetch()
+        return reads / (time.perf_counter() - started)
+
+    ranged = rate(lambda: fs.cat_file(path, start=start, end=start + length))
+    whole = rate(lambda: fs.cat_file(alone))
+    return (
+        f"moto: a shard row's {length / 1e3:.0f} kB range from its {fs.size(path) / 1e6:.0f} MB shard "
+        f"{ranged:.0f} GETs/s, the same bytes as an object of their own {whole:.0f} GETs/s"
+    )
 
 
 def copy_clips(sources: list[Path], dataset: Path, count: int) -> list[str]:
