@@ -324,8 +324,9 @@ def main(argv: list[str] | None = None) -> None:
     root = generate_mmit(DEFAULT_CACHE / f"temporal-benchmark-{spec.num_train}-{spec.num_val}-s{spec.seed}", spec)
     train, val = read_mmit(str(root), "training"), read_mmit(str(root), "validation")
     targets = multi_hot(val)
+    time_blind = ceiling_report(targets, FRAME_VISIBLE_PAIRS)
     ceilings = {
-        "time-blind ceiling (what single frames show)": ceiling_report(targets, FRAME_VISIBLE_PAIRS),
+        "time-blind ceiling (what single frames show)": time_blind,
         "direction-blind ceiling (each event's pair)": ceiling_report(targets),
     }
     print(f"{root}: {len(train.records)} + {len(val.records)} clips", flush=True)
@@ -370,7 +371,7 @@ def main(argv: list[str] | None = None) -> None:
             *table,
             "",
             *notes,
-            *targets_lines(rows, next(iter(ceilings.values()))),
+            *targets_lines(rows, time_blind),
             f"({(time.perf_counter() - started) / 60:.0f} minutes)",
         ]
     )

@@ -60,7 +60,6 @@ def main(argv: list[str] | None = None) -> int:
 
     from pipeline.data.layouts import read_dataset
     from pipeline.registry.evaluate import evaluate, log_evaluation
-    from pipeline.registry.scoring import load_classifier
     from pipeline.registry.tracking import tracking_uri
     from pipeline.train.config import JobConfig, usage_error
     from pipeline.train.driver import connect_ray, default_data_root
@@ -70,8 +69,9 @@ def main(argv: list[str] | None = None) -> int:
     uri = tracking_uri(args.mlflow_uri)
     mlflow.set_tracking_uri(uri)
     root = args.data or default_data_root(JobConfig())
-    # The model's class ids, not ones derived from this split's rows (a Kinetics split may lack some classes).
-    class_names = load_classifier(args.model).config["class_names"]
+    # The model's class ids, not ones derived from this split's rows (a Kinetics split may lack some classes); read
+    # from its MLmodel metadata, so no weights are loaded here.
+    class_names = mlflow.models.get_model_info(args.model).metadata["class_names"]
     try:
         manifest = read_dataset(root, args.format, args.split, class_names)
     except (ValueError, FileNotFoundError) as e:

@@ -91,19 +91,20 @@ def test_a_single_label_format_trains_end_to_end(cluster, tmp_path):
     model then scores a Kinetics layout of the same clips whose validation split lacks a class."""
     mmit = generate_mmit(tmp_path / "mmit", SyntheticSpec(num_train=12, num_val=6, frames=12, size=32))
     names = read_mmit(str(mmit)).class_names
-    order = sorted(range(len(names)), key=lambda k: names[k].replace(" ", "_"))  # Kinetics' ids: sorted names
+    labels = [n.replace(" ", "_") for n in names]  # class names as folder names
+    order = sorted(range(len(names)), key=lambda k: labels[k])  # Kinetics' ids: sorted names
     root = tmp_path / "ucf"
     lists = {"train": [], "test": []}
     for split, key in (("training", "train"), ("validation", "test")):
         for record in read_mmit(str(mmit), split).records:
-            name = names[record.labels[0]].replace(" ", "_")
+            name = labels[record.labels[0]]
             target = root / "videos" / name / Path(record.uri).name
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy(record.uri, target)
             lists[key].append(
                 f"{name}/{target.name}" + (f" {order.index(record.labels[0]) + 1}" if key == "train" else "")
             )
-    index = "".join(f"{i + 1} {names[k].replace(' ', '_')}\n" for i, k in enumerate(order))
+    index = "".join(f"{i + 1} {labels[k]}\n" for i, k in enumerate(order))
     write(root, {"ucfTrainTestlist/classInd.txt": index,
                  "ucfTrainTestlist/trainlist01.txt": "\n".join(lists["train"]) + "\n",
                  "ucfTrainTestlist/testlist01.txt": "\n".join(lists["test"]) + "\n"})  # fmt: skip
@@ -124,8 +125,8 @@ def test_a_single_label_format_trains_end_to_end(cluster, tmp_path):
     kinetics = tmp_path / "kinetics"
     rows = []
     for record in read_mmit(str(mmit), "validation").records:
-        label = names[record.labels[0]].replace(" ", "_")
-        if label == names[order[0]].replace(" ", "_"):
+        label = labels[record.labels[0]]
+        if label == labels[order[0]]:
             continue  # the validation split lacks the first class
         target = kinetics / "videos" / label / f"{Path(record.uri).stem}_000000_000010.mp4"
         target.parent.mkdir(parents=True, exist_ok=True)

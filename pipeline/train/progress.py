@@ -41,7 +41,7 @@ def epoch_line(metrics: dict, epochs: int, best: tuple[float, int]) -> str:
     return (f"epoch {s['epochs_done']}/{epochs}  train_loss {metrics['train_loss']:.3f}  val_map "
             f"{metrics['val_map']:.3f} (best {s['best_val_map']:.3f} @ {s['best_epoch']})  "
             f"{metrics['clips_per_s']:.1f} clips/s  data_wait {metrics['data_wait_fraction']:.0%}  "
-            f"eta {duration(s['eta_s'])}")  # fmt: skip
+            f"eta {s['eta']}")  # fmt: skip
 
 
 class BestSoFar:
