@@ -313,7 +313,7 @@ def main(argv: list[str] | None = None) -> None:
         type=int,
         nargs="+",
         default=[0, 1],
-        help="seeds of every run; rows are their means (one seed's scores move by up to 0.1)",
+        help="seeds of every run; rows are their means (a seed's run repeats exactly; seeds differ by up to 0.15)",
     )
     parser.add_argument("--ablation", default="", help="record the runs as this row of the ablation table instead")
     parser.add_argument("--no-record", action="store_true", help="do not write benchmarks/RESULTS.md")

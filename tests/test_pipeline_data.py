@@ -166,17 +166,31 @@ def synthetic_root(tmp_path_factory) -> Path:
     return generate_mmit(tmp_path_factory.mktemp("synthetic") / "mmit", SyntheticSpec(num_train=16, num_val=8))
 
 
-def test_training_samples_change_every_epoch(ray_cluster, synthetic_root):
+def seeded_epochs(rows, num_classes, seed, epochs=2):
+    """`epochs` passes over a fresh training dataset on two decoders, in order as the training job runs it."""
+    ds = clip_dataset(rows, SPEC, num_classes, True, train=True, decoders=2, cpus_per_decoder=0.5, batch_size=2,
+                      seed=seed)  # fmt: skip
+    ds.context.execution_options.preserve_order = True
+    return [collect(ds)[0] for _ in range(epochs)]
+
+
+def test_training_samples_change_every_epoch_and_repeat_with_the_seed(ray_cluster, synthetic_root):
     manifest = read_mmit(str(synthetic_root), "training")
-    ds = clip_dataset(manifest_rows(manifest), SPEC, manifest.num_classes, True, train=True, decoders=1,
-                      cpus_per_decoder=0.5)  # fmt: skip
-    first, _ = collect(ds)
-    second, _ = collect(ds)
+    rows = manifest_rows(manifest)
+    first, second = seeded_epochs(rows, manifest.num_classes, seed=3)
     assert sorted(first["index"].tolist()) == sorted(second["index"].tolist()) == list(range(16))
     assert first["index"].tolist() != second["index"].tolist(), "a new epoch must visit the clips in a new order"
     a = first["clips"][first["index"].argsort()]
     b = second["clips"][second["index"].argsort()]
     assert not torch.equal(a, b), "a new epoch must draw new frames and crops"
+
+    again = seeded_epochs(rows, manifest.num_classes, seed=3)  # a rerun: the same order and draws, epoch by epoch
+    for run, rerun in zip((first, second), again, strict=True):
+        assert run["index"].tolist() == rerun["index"].tolist()
+        assert torch.equal(run["clips"], rerun["clips"])
+    other, _ = seeded_epochs(rows, manifest.num_classes, seed=4)
+    assert other["index"].tolist() != first["index"].tolist()
+    assert not torch.equal(other["clips"][other["index"].argsort()], a), "another seed must draw other crops"
 
 
 def test_eval_pipeline_is_deterministic(ray_cluster, synthetic_root):

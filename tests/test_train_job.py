@@ -112,6 +112,15 @@ def test_ddp_two_workers_end_to_end(cluster, tiny_root, tmp_path):
     assert line.startswith(str(video)) and line.count(",") == 2
 
 
+def test_one_worker_run_repeats_with_its_seed(cluster, tiny_root, tmp_path):
+    """The seed fixes the weights, the clips' order and their frames and crops, epoch by epoch (two decoders)."""
+    runs = [run_training(tiny_config(tmp_path, tiny_root, f"seeded-{i}", num_workers=1, decoders=2, seed=5))
+            for i in range(2)]  # fmt: skip
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    losses = [[m.value for m in client.get_metric_history(run.run_id, "train_loss")] for run in runs]
+    assert len(losses[0]) == 2 and losses[0] == losses[1], losses
+
+
 def fp32_state(path: Path) -> dict:
     import torch
 

@@ -4,7 +4,8 @@
         --> {clip: uint8 [T, H, W, 3], labels: float32 multi-hot [K] | int64, index: int64, status: int8}
 
 Only the sampled frames are decoded (pipeline.data.video), straight from the storage the URI names. The dataset re-runs
-every epoch, so training clips get new random frames, crops and order each epoch. A clip that cannot be decoded
+every epoch, so training clips get new random frames, crops and order each epoch, all drawn from the job's seed and
+the epoch (Ray Data's execution index): a run with one training worker repeats exactly. A clip that cannot be decoded
 becomes a row with a non-zero `status` (its reason code) and a zero clip: it is logged with its path by the decoder,
 dropped and counted by reason by the consumer (`BadVideoCounter`), never a crash.
 """
@@ -105,17 +106,25 @@ def _decode_once(uri: str, decode: Callable[[], np.ndarray], shape: tuple[int, .
 class ClipDecoder:
     """map_batches callable: decode, sample and transform one batch of manifest rows."""
 
-    def __init__(self, spec: ClipSpec, num_classes: int, multi_label: bool, train: bool) -> None:
+    def __init__(self, spec: ClipSpec, num_classes: int, multi_label: bool, train: bool, seed: int | None = None):
         self.spec = spec
         self.num_classes = num_classes
         self.multi_label = multi_label
         self.mode = "train" if train else "val"
         self.transform = ClipTransform(spec.crop_size, train=train, flip=spec.flip, scales=spec.scales)
-        self.rng = np.random.default_rng()  # fresh entropy per call: new samples every epoch
+        self.seed = seed
+
+    def row_rng(self, index: int) -> np.random.Generator:
+        """The draws (frames, crop, flip) of video `index` in this execution of the dataset (one per epoch): a
+        function of (seed, epoch, video) alone, whatever the order, batching or decoder; fresh entropy without a
+        seed."""
+        if self.seed is None:
+            return np.random.default_rng()
+        return np.random.default_rng([index, ray.data.DataContext.get_current()._execution_idx, self.seed])
 
     def decode(self, uri: str, rng: np.random.Generator | None = None) -> tuple[np.ndarray, int]:
         """(clip, 0), or (zeros, reason code) for a video that cannot be decoded (see `decode_or_skip`)."""
-        rng = rng if rng is not None else self.rng
+        rng = rng if rng is not None else np.random.default_rng()
 
         def clip() -> np.ndarray:
             frames, _ = decode_clip(
@@ -131,7 +140,8 @@ class ClipDecoder:
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         uris = [str(uri) for uri in batch["uri"]]
-        clips, status = zip(*[self.decode(uri) for uri in uris], strict=True)
+        draws = [self.row_rng(int(index)) for index in batch["index"]]
+        clips, status = zip(*[self.decode(uri, rng) for uri, rng in zip(uris, draws, strict=True)], strict=True)
         labels = [encode_labels(list(lab), self.num_classes, self.multi_label) for lab in batch["labels"]]
         return {
             "clip": np.stack(clips),
@@ -172,8 +182,9 @@ def clip_dataset(
     the decoder idles meanwhile); small datasets get smaller tasks, so that every decoder has work.
 
     Training rows are drawn in a new order every epoch: they sit in blocks of one row (up to SHUFFLE_BLOCKS blocks;
-    larger datasets get proportionally larger blocks) whose order is redrawn each epoch, and map_batches bundles
-    them into decode tasks; consumers add a local shuffle buffer. Validation rows keep their order.
+    larger datasets get proportionally larger blocks) whose order is redrawn each epoch from `seed` and the epoch, and
+    map_batches bundles them into decode tasks; consumers add a local shuffle buffer. Validation rows keep their
+    order. Rows reach consumers in that order only where the execution preserves it (`preserve_order`).
     """
     if train:
         rows = [rows[i] for i in np.random.default_rng(seed).permutation(len(rows))]  # annotations may be sorted
@@ -184,10 +195,10 @@ def clip_dataset(
         num_blocks = task_blocks(len(rows), batch_size)
     ds = ray.data.from_items(rows, override_num_blocks=num_blocks)
     if train:
-        ds = ds.randomize_block_order()
+        ds = ds.randomize_block_order(seed=ray.data.RandomSeedConfig(seed, reseed_after_execution=True))
     return ds.map_batches(
         decode_batch,
-        fn_kwargs={"spec": spec, "num_classes": num_classes, "multi_label": multi_label, "train": train},
+        fn_kwargs={"spec": spec, "num_classes": num_classes, "multi_label": multi_label, "train": train, "seed": seed},
         batch_size=batch_size,
         batch_format="numpy",
         compute=ray.data.TaskPoolStrategy(size=decoders),
@@ -221,6 +232,7 @@ def torch_batches(
     device: torch.device | str = "cpu",
     counter: BadVideoCounter | None = None,
     shuffle_buffer: int | None = None,
+    shuffle_seed: int | None = None,
 ):
     """(clips, labels, index, good) per batch of a Ray Data shard or dataset: clips normalised float
     [B, T, 3, H, W]; `good` masks the rows that decoded (bad rows are zero clips, counted by `counter`).
@@ -233,6 +245,7 @@ def torch_batches(
         device=device,
         drop_last=False,
         local_shuffle_buffer_size=shuffle_buffer,
+        local_shuffle_seed=shuffle_seed,
         prefetch_batches=2,
     )
     for batch in batches:

@@ -44,6 +44,9 @@ class DataConfig:
     """the most Ray Data decode tasks at once: they start as CPUs free up, so a cluster that grows gets more of them"""
     cpus_per_decoder: float = 0.5
     """CPUs each decode task reserves (0.5: two decoders beside a training worker on 2 CPUs; clusters: 1)"""
+    preserve_order: bool = True
+    """decoded clips reach training in their seeded order, so a run on one training worker repeats exactly; off: a
+    slow video never holds up the clips decoded behind it"""
     num_train: int = 320
     """generated default data: training clips"""
     num_val: int = 96
@@ -78,7 +81,7 @@ class OptimConfig:
     """TIN: lr multiplier of the OffsetNet and WeightNet: their offsets are frames, moved by tiny gradients, and at x1
     barely move in a short run from scratch (the authors: 1, over long fine-tuning)"""
     seed: int = 0
-    """random seed of model initialisation and data generation"""
+    """random seed of model initialisation, data order and augmentation, and the generated data"""
 
 
 @dataclass

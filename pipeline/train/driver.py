@@ -120,6 +120,13 @@ def warn_if_waiting(cfg: JobConfig, resources: dict) -> bool:
     return bool(short)
 
 
+def ingest_options(cfg: JobConfig) -> ray.data.ExecutionOptions:
+    """Ray Train's default ingest options, keeping the training clips' seeded order if --preserve-order."""
+    options = DataConfig.default_ingest_options()
+    options.preserve_order = cfg.data.preserve_order
+    return options
+
+
 def build_trainer(
     cfg: JobConfig,
     datasets: Datasets,
@@ -152,7 +159,8 @@ def build_trainer(
         ),
         torch_config=TorchConfig(backend="nccl" if dist.use_gpu else "gloo"),
         datasets={"train": train_ds},
-        dataset_config=DataConfig(datasets_to_split=["train"]),  # validation is sharded exactly by the loop
+        # validation is sharded exactly by the loop
+        dataset_config=DataConfig(datasets_to_split=["train"], execution_options=ingest_options(cfg)),
         run_config=RunConfig(
             name=run_name,
             storage_path=storage_path,

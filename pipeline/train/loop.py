@@ -102,7 +102,8 @@ def train_one_epoch(
     loss_sum, clips, steps, waited = 0.0, 0, 0, 0.0
     start = last = time.perf_counter()
     batch_size = cfg.optim.batch_size
-    batches = torch_batches(shard, batch_size, device, counter, 4 * batch_size)
+    shuffle_seed = int(np.random.SeedSequence([cfg.optim.seed, epoch]).generate_state(1)[0])
+    batches = torch_batches(shard, batch_size, device, counter, 4 * batch_size, shuffle_seed)
     for (batch, labels, _, good), final in with_last(batches):
         waited += time.perf_counter() - last
         engine.set_lr(lr_factor(cfg, epoch + min(steps / steps_per_epoch, 1.0)))
