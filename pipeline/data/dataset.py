@@ -5,9 +5,10 @@
 
 Only the sampled frames are decoded (pipeline.data.video), straight from the storage the URI names. The dataset re-runs
 every epoch, so training clips get new random frames, crops and order each epoch, all drawn from the job's seed and
-the epoch (Ray Data's execution index): a run with one training worker repeats exactly. A clip that cannot be decoded
-becomes a row with a non-zero `status` (its reason code) and a zero clip: it is logged with its path by the decoder,
-dropped and counted by reason by the consumer (`BadVideoCounter`), never a crash.
+the epoch (Ray Data's execution index, which a restarted worker group counts afresh): a run with one training worker
+repeats exactly. A clip that cannot be decoded becomes a row with a non-zero `status` (its reason code) and a zero
+clip: it is logged with its path by the decoder, dropped and counted by reason by the consumer (`BadVideoCounter`),
+never a crash.
 """
 
 from __future__ import annotations
