@@ -6,7 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.tin-setup-done
 
-.PHONY: setup run test test-fast lint bench bench-data bench-temporal gpu-check clean-build
+.PHONY: setup run test test-fast lint bench bench-data bench-temporal gpu-check gpu-wheels clean-build
 
 setup: $(STAMP)
 
@@ -45,6 +45,10 @@ bench-temporal: setup
 # On a GPU machine: CUDA tests and GPU benchmarks (a bare machine's own python3 and torch where there is no .venv).
 gpu-check:
 	bash benchmarks/gpu_check.sh
+
+# Here, before lending the checkout to a bare GPU machine: the wheels its image lacks (tyro, DeepSpeed), into .whl/.
+gpu-wheels: setup
+	bash benchmarks/gpu_wheels.sh
 
 clean-build:
 	rm -rf build tin_ops*.so $(STAMP)

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The prepared GPU check (`make gpu-check`): build the op for this machine's torch, run the CUDA tests, then the GPU
 # benchmarks, whose figures go to benchmarks/RESULTS.md. Uses .venv where `make setup` made one; on a bare GPU
-# machine (no .venv, no package index) it uses the system python3 and its torch, plus any wheels carried in .whl/;
-# tests whose packages are missing there (Ray, MLflow, DeepSpeed) skip and say so.
+# machine (no .venv, no package index) it uses the system python3 and its torch, plus the wheels carried in .whl/
+# (`make gpu-wheels`: tyro and DeepSpeed, for the engine's GPU tests); tests whose packages are missing there (Ray and
+# MLflow: the Ray Train GPU tests) skip and say so.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONUNBUFFERED=1

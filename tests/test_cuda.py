@@ -1,6 +1,7 @@
 """The CUDA kernel on the device it targets: against the CPU kernel and the reference (output and all three
 gradients) in f32 / f64 / f16 / bf16, gradcheck, opcheck, non-contiguous inputs, large shapes, a non-default stream,
-and a TIN-R18 train step through Ray Train on one GPU (DDP and DeepSpeed, bf16). Skipped where there is no GPU."""
+the training engine's bf16 steps on one GPU without Ray (DDP and DeepSpeed: what a device machine without Ray can
+run), and a TIN-R18 train step through Ray Train on one GPU. Skipped where there is no GPU."""
 
 from __future__ import annotations
 
@@ -110,6 +111,62 @@ def test_runs_on_the_current_stream():
     torch.cuda.current_stream().wait_stream(stream)
     torch.testing.assert_close(out, expected)
     assert all(g.is_cuda for g in grads)
+
+
+# --- the training engine on one GPU, without Ray -------------------------------------------------------------
+
+
+@pytest.fixture
+def nccl_rank(monkeypatch):
+    """torch.distributed over nccl with one rank, as Ray Train sets it up on a GPU worker."""
+    import torch.distributed as dist
+    from conftest import free_port
+
+    env = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port()), "RANK": "0", "LOCAL_RANK": "0",
+           "WORLD_SIZE": "1", "LOCAL_WORLD_SIZE": "1", "DS_ACCELERATOR": "cuda"}  # fmt: skip
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    torch.cuda.set_device(0)
+    dist.init_process_group("nccl", rank=0, world_size=1)
+    yield torch.device("cuda", 0)
+    dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("strategy", ["ddp", "deepspeed"])
+def test_engine_trains_tin_r18_in_bf16_on_one_gpu(nccl_rank, strategy, tmp_path):
+    pytest.importorskip("tyro", reason="tyro (the job's config) is not installed here")
+    if strategy == "deepspeed":
+        pytest.importorskip("deepspeed", reason="DeepSpeed is not installed here")
+    import torch.nn.functional as F
+
+    from pipeline.train.config import JobConfig
+    from pipeline.train.engine import MODEL_FILE, make_engine
+    from tin_core import ModelConfig
+
+    cfg = JobConfig().override(arch="tin", backbone="resnet18", num_segments=4, lr=0.05, batch_size=2,
+                               strategy=strategy, grad_accum=2, use_gpu=True, zero_stage=2)  # fmt: skip
+    torch.manual_seed(0)
+    engine = make_engine(ModelConfig(**cfg.model.to_dict()).build(5), cfg, nccl_rank, fc_lr5=False)
+    assert engine.autocast["enabled"]  # --precision auto: bf16 on GPU
+    assert engine.module.backbone.conv1.weight.is_contiguous(memory_format=torch.channels_last)
+    gen = torch.Generator().manual_seed(1)
+    clips = torch.randn(2, 4, 3, 56, 56, generator=gen).to(nccl_rank)
+    labels = (torch.rand(2, 5, generator=gen) > 0.5).float().to(nccl_rank)
+    start = engine.module.fc.weight.detach().clone()
+    losses = []
+    for i, last in enumerate([False, True, False, True]):  # two steps of two accumulated batches
+        logits = engine.forward(clips, last)
+        assert logits.dtype == torch.float32 and logits.is_cuda
+        loss = F.binary_cross_entropy_with_logits(logits, labels)
+        engine.step(loss)
+        losses.append(loss.item())
+        if i == 0:
+            assert torch.equal(engine.module.fc.weight, start), "the first batch only accumulates"
+    assert all(torch.isfinite(torch.tensor(losses))) and losses[-1] < losses[0], losses
+    assert all(p.dtype == torch.float32 for p in engine.module.parameters())  # fp32 weights under bf16 autocast
+    engine.save(tmp_path)
+    state = torch.load(tmp_path / MODEL_FILE, weights_only=True)
+    assert all(v.dtype == torch.float32 for v in state.values() if v.is_floating_point())
 
 
 # --- a TIN-R18 train step through Ray Train on one GPU ----------------------------------------------------------

@@ -6,7 +6,6 @@ from __future__ import annotations
 import copy
 
 import pytest
-import ray.train.torch
 import torch
 import torch.nn.functional as F
 
@@ -14,12 +13,6 @@ from pipeline.train.config import JobConfig
 from pipeline.train.engine import MODEL_FILE, DDPEngine
 from pipeline.train.loop import with_last
 from tin_core import ModelConfig
-
-
-@pytest.fixture(autouse=True)
-def one_process(monkeypatch):
-    """Ray Train's prepare_model outside a Train session: one process, nothing to wrap."""
-    monkeypatch.setattr(ray.train.torch, "prepare_model", lambda model, move_to_device=False: model)
 
 
 def tiny_engine(**overrides) -> DDPEngine:

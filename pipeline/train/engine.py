@@ -59,17 +59,24 @@ def _fp32_state(module: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.float() if v.is_floating_point() else v for k, v in module.state_dict().items()}
 
 
+def _world_size() -> int:
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
 class DDPEngine:
-    """torch DistributedDataParallel (through Ray Train's prepare_model: gloo on CPU, nccl on GPU), torch.autocast
-    for bf16, and gradient accumulation that all-reduces only on an accumulation's last batch (DDP no_sync)."""
+    """torch DistributedDataParallel over the process group Ray Train set up (gloo on CPU, nccl on GPU; one process:
+    no wrapper), torch.autocast for bf16, and gradient accumulation that all-reduces only on an accumulation's last
+    batch (DDP no_sync)."""
 
     def __init__(self, model: nn.Module, cfg: JobConfig, device: torch.device, fc_lr5: bool) -> None:
-        import ray.train.torch
-
         self.module = _prepare(model, device)
-        wrapped = ray.train.torch.prepare_model(self.module, move_to_device=False)
+        self.ddp = None
+        if _world_size() > 1:
+            self.ddp = nn.parallel.DistributedDataParallel(
+                self.module, device_ids=[device] if device.type == "cuda" else None
+            )
+        wrapped = self.ddp or self.module
         self.model = torch.compile(wrapped) if cfg.dist.compile else wrapped
-        self.ddp = wrapped if isinstance(wrapped, nn.parallel.DistributedDataParallel) else None
         self.optimizer = _sgd(self.module, cfg, fc_lr5)
         self.cfg = cfg
         self.autocast = dict(device_type=device.type, dtype=torch.bfloat16, enabled=use_bf16(cfg, device))
