@@ -1,5 +1,5 @@
 // CPU kernels of the temporal interlace op, the op schema, and the Python module stub that loads them.
-// Parallel over (sample, group, frame); the inner loop runs over one contiguous group row so it can vectorise.
+// Parallel over (sample, group, span of a row); the inner loop runs over one contiguous run so it can vectorise.
 #include <Python.h>
 
 #include <ATen/Dispatch.h>
@@ -48,11 +48,16 @@ void gather_span(const Taps<float>& taps, const scalar_t* row0, const scalar_t* 
 }
 
 // dst[n, t, g, :] = taps(n, g, t) applied to src rows. Forward and input-gradient differ only in their taps.
-// Parallel over (sample, group, column chunk); each task runs through all frames of its chunk.
+// Parallel over (sample, group, column chunk); each task runs through all frames of its chunk. A chunk is a span of
+// one long run (channels-first: the row is one run) or several short runs whole (channels-last: C / G per pixel).
 template <typename scalar_t, typename TapsFn>
 void gather_rows(const scalar_t* src, scalar_t* dst, const InterlaceShape& shape, TapsFn taps_for) {
   const int64_t frame_stride = shape.frame_stride;
-  const int64_t chunks = (shape.row + kChunk - 1) / kChunk;
+  const int64_t runs = shape.row / shape.run;
+  const int64_t span = std::min(shape.run, kChunk);
+  const int64_t spans_per_run = (shape.run + span - 1) / span;
+  const int64_t runs_per_chunk = std::max<int64_t>(1, kChunk / shape.run);
+  const int64_t chunks = (runs + runs_per_chunk - 1) / runs_per_chunk * spans_per_run;
   const int64_t tasks = shape.batch * shape.groups * chunks;
   const int64_t grain = std::max<int64_t>(1, kElementsPerTask / (kChunk * shape.frames));
   at::parallel_for(0, tasks, grain, [&](int64_t begin, int64_t end) {
@@ -60,15 +65,20 @@ void gather_rows(const scalar_t* src, scalar_t* dst, const InterlaceShape& shape
       const int64_t chunk = task % chunks;
       const int64_t g = (task / chunks) % shape.groups;
       const int64_t n = task / (chunks * shape.groups);
-      const int64_t first = chunk * kChunk;
-      const int64_t last = std::min(first + kChunk, shape.row);
-      const scalar_t* block = src + n * shape.frames * frame_stride + g * shape.row;  // frame 0 of this group
+      const int64_t first = (chunk % spans_per_run) * span;
+      const int64_t last = std::min(first + span, shape.run);
+      const int64_t first_run = (chunk / spans_per_run) * runs_per_chunk;
+      const int64_t last_run = std::min(first_run + runs_per_chunk, runs);
+      const scalar_t* block = src + n * shape.frames * frame_stride + g * shape.group_stride;  // frame 0, group g
       for (int64_t t = 0; t < shape.frames; ++t) {
         const auto taps = taps_for(n, g, t);
         const scalar_t* row0 = frame_row(block, taps.src0, taps.in0, frame_stride);
         const scalar_t* row1 = frame_row(block, taps.src1, taps.in1, frame_stride);
-        scalar_t* out = dst + (n * shape.frames + t) * frame_stride + g * shape.row;
-        gather_span(taps, row0, row1, out, first, last);
+        scalar_t* out = dst + (n * shape.frames + t) * frame_stride + g * shape.group_stride;
+        for (int64_t r = first_run; r < last_run; ++r) {
+          const int64_t base = r * shape.run_stride;  // padding rows (nullptr) are never read, so never offset
+          gather_span(taps, row0 ? row0 + base : row0, row1 ? row1 + base : row1, out + base, first, last);
+        }
       }
     }
   });
@@ -77,14 +87,15 @@ void gather_rows(const scalar_t* src, scalar_t* dst, const InterlaceShape& shape
 at::Tensor interlace_cpu(const at::Tensor& x_in, const at::Tensor& offsets_in, const at::Tensor& weights_in,
                          int64_t channels) {
   const InterlaceShape shape = check_interlace_inputs(x_in, offsets_in, weights_in, channels);
-  const at::Tensor x = x_in.contiguous(), offsets = offsets_in.contiguous(), weights = weights_in.contiguous();
-  at::Tensor out = at::empty_like(x);
+  const at::Tensor x = kernel_layout(x_in), offsets = offsets_in.contiguous(), weights = weights_in.contiguous();
+  const InterlaceShape laid = with_layout(shape, x);
+  at::Tensor out = at::empty_like(x);  // in x's layout
   if (x.numel() == 0) return out;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "tin_interlace_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const scalar_t* off = offsets.data_ptr<scalar_t>();
     const scalar_t* w = weights.data_ptr<scalar_t>();
-    gather_rows(x.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(), shape, [&](int64_t n, int64_t g, int64_t t) {
+    gather_rows(x.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(), laid, [&](int64_t n, int64_t g, int64_t t) {
       int64_t shift;
       acc_t frac;
       split_offset(static_cast<acc_t>(off[n * shape.groups + g]), shift, frac);
@@ -138,13 +149,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> interlace_backward_cpu(const at::
         acc_t frac;
         shift_and_frac(n, g, shift, frac);
         const auto taps = forward_taps(t, shape.frames, shift, frac, acc_t(1));
-        const scalar_t* block = xs + n * shape.frames * frame_stride + g * shape.row;
+        const scalar_t* block = xs + n * shape.frames * frame_stride + g * shape.group_stride;
         const scalar_t* row0 = frame_row(block, taps.src0, taps.in0, frame_stride);
         const scalar_t* row1 = frame_row(block, taps.src1, taps.in1, frame_stride);
-        const scalar_t* gy_row = gy + (n * shape.frames + t) * frame_stride + g * shape.row;
+        const scalar_t* gy_row = gy + (n * shape.frames + t) * frame_stride + g * shape.group_stride;
         acc_t interp_sum = 0, diff_sum = 0;
-        for (int64_t i = 0; i < shape.row; ++i) {
-          accumulate_param_grads(taps, static_cast<acc_t>(gy_row[i]), row0, row1, i, interp_sum, diff_sum);
+        for (int64_t base = 0; base < shape.row / shape.run * shape.run_stride; base += shape.run_stride) {
+          for (int64_t i = base; i < base + shape.run; ++i) {
+            accumulate_param_grads(taps, static_cast<acc_t>(gy_row[i]), row0, row1, i, interp_sum, diff_sum);
+          }
         }
         interp_out[r] = interp_sum;
         diff_out[r] = diff_sum;

@@ -25,8 +25,8 @@ constexpr int kThreads = 256;
 
 int64_t grid_for(int64_t elements) { return std::min<int64_t>((elements + kThreads - 1) / kThreads, int64_t(1) << 30); }
 
-// Element idx of x viewed as [N, T, G, L]. kInputGrad picks the taps: forward (out frame t reads t-k, t-k-1) or
-// backward w.r.t. x (input frame s is read by s+k, s+k+1).
+// Element idx of x viewed as [N, T, G, L] (a row's element lies row_offset past the row's start). kInputGrad picks
+// the taps: forward (out frame t reads t-k, t-k-1) or backward w.r.t. x (input frame s is read by s+k, s+k+1).
 template <typename scalar_t, bool kInputGrad>
 __global__ void gather_kernel(const scalar_t* __restrict__ src, const scalar_t* __restrict__ offsets,
                               const scalar_t* __restrict__ weights, scalar_t* __restrict__ dst, InterlaceShape shape,
@@ -36,7 +36,7 @@ __global__ void gather_kernel(const scalar_t* __restrict__ src, const scalar_t* 
   const int64_t frame_elements = shape.groups * shape.row;  // the interlaced elements of one frame
   for (int64_t idx = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; idx < total;
        idx += int64_t(gridDim.x) * blockDim.x) {  // idx runs over the interlaced elements only, [N, T, G, L]
-    const int64_t i = idx % shape.row;
+    const int64_t i = row_offset(idx % shape.row, shape.row, shape.run, shape.run_stride);  // from the row's start
     const int64_t g = (idx / shape.row) % shape.groups;
     const int64_t t = (idx / frame_elements) % shape.frames;
     const int64_t n = idx / (frame_elements * shape.frames);
@@ -50,10 +50,10 @@ __global__ void gather_kernel(const scalar_t* __restrict__ src, const scalar_t* 
     } else {
       taps = forward_taps(t, shape.frames, shift, frac, static_cast<acc_t>(w[t * shape.groups]));
     }
-    const scalar_t* block = src + n * shape.frames * frame_stride + g * shape.row;
+    const scalar_t* block = src + n * shape.frames * frame_stride + g * shape.group_stride;
     const scalar_t* row0 = frame_row(block, taps.src0, taps.in0, frame_stride);
     const scalar_t* row1 = frame_row(block, taps.src1, taps.in1, frame_stride);
-    dst[(n * shape.frames + t) * frame_stride + g * shape.row + i] =
+    dst[(n * shape.frames + t) * frame_stride + g * shape.group_stride + i] =
         static_cast<scalar_t>(gather_element(taps, row0, row1, i));
   }
 }
@@ -76,12 +76,13 @@ __global__ void param_grad_kernel(const scalar_t* __restrict__ grad, const scala
   acc_t frac;
   split_offset(static_cast<acc_t>(offsets[n * shape.groups + g]), shift, frac);
   const auto taps = forward_taps(t, shape.frames, shift, frac, acc_t(1));
-  const scalar_t* block = x + n * shape.frames * frame_stride + g * shape.row;
+  const scalar_t* block = x + n * shape.frames * frame_stride + g * shape.group_stride;
   const scalar_t* row0 = frame_row(block, taps.src0, taps.in0, frame_stride);
   const scalar_t* row1 = frame_row(block, taps.src1, taps.in1, frame_stride);
-  const scalar_t* gy_row = grad + (n * shape.frames + t) * frame_stride + g * shape.row;
+  const scalar_t* gy_row = grad + (n * shape.frames + t) * frame_stride + g * shape.group_stride;
   acc_t interp = 0, diff = 0;
-  for (int64_t i = threadIdx.x; i < shape.row; i += blockDim.x) {
+  for (int64_t e = threadIdx.x; e < shape.row; e += blockDim.x) {
+    const int64_t i = row_offset(e, shape.row, shape.run, shape.run_stride);
     accumulate_param_grads(taps, static_cast<acc_t>(gy_row[i]), row0, row1, i, interp, diff);
   }
   interp_shared[threadIdx.x] = interp;
@@ -102,10 +103,10 @@ __global__ void param_grad_kernel(const scalar_t* __restrict__ grad, const scala
 
 at::Tensor interlace_cuda(const at::Tensor& x_in, const at::Tensor& offsets_in, const at::Tensor& weights_in,
                           int64_t channels) {
-  const InterlaceShape shape = check_interlace_inputs(x_in, offsets_in, weights_in, channels);
   const c10::cuda::CUDAGuard guard(x_in.device());
-  const at::Tensor x = x_in.contiguous(), offsets = offsets_in.contiguous(), weights = weights_in.contiguous();
-  at::Tensor out = at::empty_like(x);
+  const at::Tensor x = kernel_layout(x_in), offsets = offsets_in.contiguous(), weights = weights_in.contiguous();
+  const InterlaceShape shape = with_layout(check_interlace_inputs(x_in, offsets_in, weights_in, channels), x);
+  at::Tensor out = at::empty_like(x);  // in x's layout
   const int64_t total = shape.batch * shape.frames * shape.groups * shape.row;
   if (total == 0) return out;
   const auto stream = c10::cuda::getCurrentCUDAStream();

@@ -2,8 +2,10 @@
 // (interlace_cuda.cu). Everything that decides *what* is computed lives here; the kernels only decide *where*
 // (which thread or loop iteration handles which element). The CPU tests therefore check the CUDA path's math too.
 //
-// Layout: x is [N, T, C, S] contiguous (S = product of trailing dims). Channels are split into G equal groups; in
-// frame t, group g of sample n is one contiguous row of L = (C / G) * S elements.
+// Layout: x is [N, T, C, S] (S = product of trailing dims), channels-first ([N, T, C, S] contiguous) or channels-last
+// ([N, T, S, C] contiguous: a channels_last conv activation). Channels are split into G equal groups; in frame t,
+// group g of sample n is a row of L = (C / G) * S elements: one contiguous run (channels-first), or S runs of C / G
+// channels, C apart (channels-last). Frames are C * S apart in both, so a row's elements pair up across frames.
 //
 //   out[n, t, c] = w[n, t, g] * ((1 - f) * x[n, t - k, c] + f * x[n, t - k - 1, c]),  k = floor(b), f = b - k
 //
@@ -71,6 +73,12 @@ TIN_HOST_DEVICE Taps<acc_t> input_grad_taps(int64_t s, int64_t num_frames, int64
   taps.coef0 = taps.in0 ? (acc_t(1) - frac) * static_cast<acc_t>(weights[taps.src0 * weight_stride]) : acc_t(0);
   taps.coef1 = taps.in1 ? frac * static_cast<acc_t>(weights[taps.src1 * weight_stride]) : acc_t(0);
   return taps;
+}
+
+// Memory offset of element i of a row from the row's start: runs of `run` contiguous elements, `run_stride` apart
+// (a whole-row run: the identity).
+TIN_HOST_DEVICE int64_t row_offset(int64_t i, int64_t row, int64_t run, int64_t run_stride) {
+  return run == row ? i : (i / run) * run_stride + i % run;
 }
 
 // The row of frame `frame` of a [T, row_stride] block, or nullptr when the frame is padding.

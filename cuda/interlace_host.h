@@ -11,11 +11,13 @@
 #include <c10/util/Exception.h>
 
 #include <cstdint>
+#include <vector>
 
 namespace tin {
 
 // x viewed as [N, T, C * S]: channels [0, channels) in G groups of L = (channels / G) * S elements per frame are
-// interlaced, the rest of each frame (the pass-through channels) is copied. The kernels iterate over [N, T, G, L].
+// interlaced, the rest of each frame (the pass-through channels) is copied. The kernels iterate over [N, T, G, L];
+// a group's row is runs of contiguous elements (interlace_element.h), set by x's layout (`with_layout`).
 struct InterlaceShape {
   int64_t batch;
   int64_t frames;
@@ -24,7 +26,34 @@ struct InterlaceShape {
   int64_t frame_stride;  // elements from one frame of a sample to the next: C * S
   int64_t channels;      // interlaced channels
   int64_t total_channels;
+  int64_t run = 0;           // contiguous elements of a row: the row (channels-first) or C / G (channels-last)
+  int64_t run_stride = 0;    // elements from one run to the next: C (channels-last)
+  int64_t group_stride = 0;  // elements from group g's row start to group g + 1's: L or C / G
 };
+
+// [N, T, C, *S] stored as [N, T, *S, C] contiguous (and not also channels-first, as when S = 1).
+inline bool is_channels_last(const at::Tensor& x) {
+  if (x.dim() < 4 || x.is_contiguous()) return false;
+  std::vector<int64_t> order = {0, 1};
+  for (int64_t d = 3; d < x.dim(); ++d) order.push_back(d);
+  order.push_back(2);
+  return x.permute(order).is_contiguous();
+}
+
+// x as the kernels read it: as it is when channels-first or channels-last, else copied to channels-first.
+inline at::Tensor kernel_layout(const at::Tensor& x) {
+  return x.is_contiguous() || is_channels_last(x) ? x : x.contiguous();
+}
+
+// `shape` with the runs of x's layout (x as kernel_layout returns it).
+inline InterlaceShape with_layout(InterlaceShape shape, const at::Tensor& x) {
+  const bool last = is_channels_last(x);
+  const int64_t per_group = shape.channels / shape.groups;
+  shape.run = last ? per_group : shape.row;
+  shape.run_stride = last ? shape.total_channels : shape.row;
+  shape.group_stride = last ? per_group : shape.row;
+  return shape;
+}
 
 // A second line of defence: the Python wrapper already raises ValueError naming the shapes, but the op can be called
 // directly as torch.ops.tin.interlace, and a kernel must never read out of bounds. channels < 0: all of them.
@@ -59,8 +88,8 @@ inline void copy_pass_through(const at::Tensor& src, const at::Tensor& dst, cons
   }
 }
 
-// What both backward passes set up before their kernels run: checked shapes, contiguous inputs, the input gradient
-// to fill, and zeroed per-(n, t, g) accumulators (in the accumulation dtype) for the parameter gradients. A gradient
+// What both backward passes set up before their kernels run: checked shapes, inputs in one kernel layout (x's), the
+// input gradient to fill in it, and zeroed per-(n, t, g) accumulators (in the accumulation dtype) for the parameter gradients. A gradient
 // that is not wanted gets an empty tensor and no kernel.
 struct BackwardBuffers {
   InterlaceShape shape;
@@ -73,13 +102,17 @@ struct BackwardBuffers {
 inline BackwardBuffers prepare_backward(const at::Tensor& grad, const at::Tensor& x, const at::Tensor& offsets,
                                         const at::Tensor& weights, int64_t channels, bool input_grad,
                                         bool param_grads) {
-  const InterlaceShape shape = check_interlace_inputs(x, offsets, weights, channels);
+  const InterlaceShape checked = check_interlace_inputs(x, offsets, weights, channels);
   TORCH_CHECK(grad.sizes() == x.sizes(), "tin::interlace_backward: grad ", grad.sizes(), " != x ", x.sizes());
   TORCH_CHECK(grad.scalar_type() == x.scalar_type() && grad.device() == x.device(),
               "tin::interlace_backward: grad must have x's dtype and device");
-  BackwardBuffers b{shape, grad.contiguous(), x.contiguous(), offsets.contiguous(), weights.contiguous()};
+  const at::Tensor x_k = kernel_layout(x);
+  const bool same_layout = is_channels_last(x_k) ? is_channels_last(grad) : grad.is_contiguous();
+  const at::Tensor grad_k = same_layout ? grad : at::empty_like(x_k).copy_(grad);
+  BackwardBuffers b{with_layout(checked, x_k), grad_k, x_k, offsets.contiguous(), weights.contiguous()};
   b.grad_x = input_grad ? at::empty_like(b.x) : at::empty({0}, x.options());
   const auto acc_dtype = at::toOpMathType(x.scalar_type());
+  const InterlaceShape& shape = b.shape;
   b.interp = at::zeros({param_grads ? shape.batch : 0, shape.frames, shape.groups}, x.options().dtype(acc_dtype));
   b.diff = at::zeros_like(b.interp);
   b.param_grads = param_grads;

@@ -88,6 +88,24 @@ def test_noncontiguous_inputs_on_cuda():
     )
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("channels", [64, 16])
+def test_channels_last_on_cuda_matches_the_cpu_kernel(dtype, channels):
+    """A channels_last activation (as the engine runs models on GPU) is served in its layout: output and all three
+    gradients equal the CPU kernel's on the same values, and stay channels_last."""
+    frames = torch.randn(2 * 8, 64, 14, 14, generator=torch.Generator().manual_seed(4)).to(dtype)
+    x = frames.to(memory_format=torch.channels_last).view(2, 8, 64, 14, 14)
+    _, offsets, weights = inputs(2, 8, 64, (14, 14), 4, dtype, "cpu", seed=5)
+    grad = torch.randn(x.shape, generator=torch.Generator().manual_seed(6)).to(dtype)
+    fn = lambda *a: temporal_interlace(*a, channels=channels)  # noqa: E731
+    want = forward_and_grads(fn, x, offsets, weights, grad)
+    got = forward_and_grads(fn, *(v.cuda() for v in (x, offsets, weights)), grad.cuda())
+    assert not got[0].is_contiguous() and got[0].view(16, 64, 14, 14).is_contiguous(memory_format=torch.channels_last)
+    for g, w in zip(got, want, strict=True):
+        scale = w.abs().max().clamp(min=1.0)
+        torch.testing.assert_close(g.cpu().float() / scale, w.float() / scale, **TOLERANCE[dtype])
+
+
 @pytest.mark.parametrize("shape", [(2, 32, 256, 56, 56), (2, 8, 2048, 14, 14), (1, 32, 2048, 7, 7)])
 def test_large_shapes_match_the_reference(shape):
     n, t, c, h, w = shape

@@ -245,6 +245,53 @@ def test_noncontiguous_and_cast_inputs():
     )
 
 
+def channels_last_clip(n, t, c, h, w, dtype=torch.float64, seed=0):
+    """x as a channels_last model hands it to the op: a [N*T, C, H, W] channels_last activation viewed 5-D."""
+    frames = torch.randn(n * t, c, h, w, generator=torch.Generator().manual_seed(seed), dtype=dtype)
+    return frames.to(memory_format=torch.channels_last).view(n, t, c, h, w)
+
+
+def is_channels_last(x: torch.Tensor) -> bool:
+    return not x.is_contiguous() and x.permute(0, 1, 3, 4, 2).is_contiguous()
+
+
+@pytest.mark.parametrize("channels", [16, 8])
+def test_channels_last_is_served_in_place_of_a_copy(channels):
+    """No transposes around the op in a channels_last model: output and input gradient keep the layout, and every
+    value and gradient equals the channels-first op's, whatever the incoming gradient's layout."""
+    x = channels_last_clip(2, 5, 16, 3, 4).requires_grad_(True)
+    _, offsets, weights = random_inputs(2, 5, 16, (3, 4), 4, torch.float64, seed=1, requires_grad=True)
+    dense = x.detach().contiguous().requires_grad_(True)
+    out = temporal_interlace(x, offsets, weights, channels=channels)
+    want = temporal_interlace(dense, offsets, weights, channels=channels)
+    assert is_channels_last(out) and out.view(10, 16, 3, 4).is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(out, want, atol=0, rtol=0)
+    torch.testing.assert_close(out, temporal_interlace_reference(dense, offsets, weights, channels=channels))
+    for grad in (torch.randn_like(want), channels_last_clip(2, 5, 16, 3, 4, seed=2)):
+        got = torch.autograd.grad(out, (x, offsets, weights), grad, retain_graph=True)
+        expected = torch.autograd.grad(want, (dense, offsets, weights), grad, retain_graph=True)
+        assert is_channels_last(got[0])
+        for a, b in zip(got, expected, strict=True):
+            torch.testing.assert_close(a, b, atol=1e-12, rtol=1e-12)
+    torch.library.opcheck(torch.ops.tin.interlace.default, (x, offsets, weights, channels))
+    grad = channels_last_clip(2, 5, 16, 3, 4, seed=3)
+    args = (grad, x.detach(), offsets.detach(), weights.detach(), channels, True, True)
+    torch.library.opcheck(torch.ops.tin.interlace_backward.default, args)
+
+
+def test_channels_last_model_matches_channels_first():
+    """TIN-R18 in channels_last (as the engine runs it on GPU) gives the channels-first model's logits."""
+    from tin_core import build_model
+
+    torch.manual_seed(0)
+    model = build_model("tin", 5, num_segments=4, backbone="resnet18").eval()
+    clips = torch.randn(2, 4, 3, 32, 32)
+    with torch.no_grad():
+        want = model(clips)
+        got = model.to(memory_format=torch.channels_last)(clips)
+    torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+
+
 def test_torch_compile_fullgraph_sees_one_op():
     def f(x, offsets, weights):
         return temporal_interlace(x * 2, offsets, weights).sum()

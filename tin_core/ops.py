@@ -55,12 +55,21 @@ def _check_fake_shapes(x: torch.Tensor, offsets: torch.Tensor, weights: torch.Te
     )
 
 
+def _empty_in_kernel_layout(x: torch.Tensor) -> torch.Tensor:
+    """What the kernels write to: x's layout when it is channels-first ([N, T, C, *S] contiguous) or channels-last
+    ([N, T, *S, C] contiguous, a channels_last activation), else channels-first (cuda/interlace_host.h)."""
+    channels_last = x.dim() >= 4 and x.permute(0, 1, *range(3, x.dim()), 2).is_contiguous()
+    if x.is_contiguous() or channels_last:
+        return torch.empty_like(x)
+    return torch.empty_like(x, memory_format=torch.contiguous_format)
+
+
 if _IMPORT_ERROR is None:
 
     @torch.library.register_fake("tin::interlace")
     def _interlace_fake(x: torch.Tensor, offsets: torch.Tensor, weights: torch.Tensor, channels: int = -1):
         _check_fake_shapes(x, offsets, weights, channels)
-        return torch.empty_like(x, memory_format=torch.contiguous_format)
+        return _empty_in_kernel_layout(x)
 
     @torch.library.register_fake("tin::interlace_backward")
     def _interlace_backward_fake(
@@ -74,7 +83,7 @@ if _IMPORT_ERROR is None:
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         _check_fake_shapes(x, offsets, weights, channels)
         torch._check(grad.shape == x.shape, lambda: f"grad {tuple(grad.shape)} != x {tuple(x.shape)}")
-        grad_x = torch.empty_like(x, memory_format=torch.contiguous_format) if input_grad else x.new_empty(0)
+        grad_x = _empty_in_kernel_layout(x) if input_grad else x.new_empty(0)
         if not param_grads:
             return grad_x, offsets.new_empty(0), weights.new_empty(0)
         return grad_x, torch.empty_like(offsets), torch.empty_like(weights)
