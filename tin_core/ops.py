@@ -152,7 +152,9 @@ def temporal_interlace(
 
     and frames outside [0, T) read as zero, so a positive offset carries the past into the future. Differentiable in
     x, offsets (through f) and weights. offsets and weights are computed in x's dtype. Interlacing a prefix of the
-    channels in place of a split, an interlace and a concatenation saves two passes over the tensor.
+    channels in place of a split, an interlace and a concatenation saves two passes over the tensor. x may be stored
+    channels-last (a channels_last activation viewed [N, T, C, H, W]): the kernels read it and write the output so,
+    with no transposes around the op.
     """
     channels = -1 if channels is None else channels
     _check_interlace_shapes(x, offsets, weights, channels)
