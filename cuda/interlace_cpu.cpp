@@ -59,7 +59,7 @@ void gather_rows(const scalar_t* src, scalar_t* dst, const InterlaceShape& shape
   const int64_t runs_per_chunk = std::max<int64_t>(1, kChunk / shape.run);
   const int64_t chunks = (runs + runs_per_chunk - 1) / runs_per_chunk * spans_per_run;
   const int64_t tasks = shape.batch * shape.groups * chunks;
-  const int64_t grain = std::max<int64_t>(1, kElementsPerTask / (kChunk * shape.frames));
+  const int64_t grain = std::max<int64_t>(1, kElementsPerTask / (kChunk * std::max<int64_t>(1, shape.frames)));
   at::parallel_for(0, tasks, grain, [&](int64_t begin, int64_t end) {
     for (int64_t task = begin; task < end; ++task) {
       const int64_t chunk = task % chunks;

@@ -10,6 +10,7 @@
 #include <ATen/ops/zeros_like.h>
 #include <c10/util/Exception.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <vector>
 
@@ -45,11 +46,12 @@ inline at::Tensor kernel_layout(const at::Tensor& x) {
   return x.is_contiguous() || is_channels_last(x) ? x : x.contiguous();
 }
 
-// `shape` with the runs of x's layout (x as kernel_layout returns it).
+// `shape` with the runs of x's layout (x as kernel_layout returns it). An empty row (S = 0) is one run of 1 that no
+// loop enters, so that rows / run never divides by zero.
 inline InterlaceShape with_layout(InterlaceShape shape, const at::Tensor& x) {
   const bool last = is_channels_last(x);
   const int64_t per_group = shape.channels / shape.groups;
-  shape.run = last ? per_group : shape.row;
+  shape.run = last ? per_group : std::max<int64_t>(shape.row, 1);
   shape.run_stride = last ? shape.total_channels : shape.row;
   shape.group_stride = last ? per_group : shape.row;
   return shape;
@@ -89,8 +91,8 @@ inline void copy_pass_through(const at::Tensor& src, const at::Tensor& dst, cons
 }
 
 // What both backward passes set up before their kernels run: checked shapes, inputs in one kernel layout (x's), the
-// input gradient to fill in it, and zeroed per-(n, t, g) accumulators (in the accumulation dtype) for the parameter gradients. A gradient
-// that is not wanted gets an empty tensor and no kernel.
+// input gradient to fill in it, and zeroed per-(n, t, g) accumulators (in the accumulation dtype) for the parameter
+// gradients. A gradient that is not wanted gets an empty tensor and no kernel.
 struct BackwardBuffers {
   InterlaceShape shape;
   at::Tensor grad, x, offsets, weights;

@@ -292,6 +292,17 @@ def test_channels_last_model_matches_channels_first():
     torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
 
 
+@pytest.mark.parametrize("shape", [(2, 3, 4, 0), (0, 3, 4, 5), (2, 3, 4, 0, 5), (2, 0, 4, 5)])
+def test_empty_tensors_pass_through(shape):
+    x = torch.randn(*shape, requires_grad=True)
+    offsets = torch.rand(shape[0], 2, requires_grad=True)
+    weights = torch.rand(shape[0], shape[1], 2, requires_grad=True)
+    out = temporal_interlace(x, offsets, weights)
+    out.sum().backward()
+    assert out.shape == x.shape and x.grad.shape == x.shape
+    assert not offsets.grad.any() and not weights.grad.any()
+
+
 def test_torch_compile_fullgraph_sees_one_op():
     def f(x, offsets, weights):
         return temporal_interlace(x * 2, offsets, weights).sum()
