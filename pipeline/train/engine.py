@@ -8,9 +8,10 @@
     engine.save(directory) / engine.load(directory)
 
 The model itself (tin_core) knows nothing of this. Both engines use the authors' SGD parameter groups and train in
-bf16 under autocast (fp32 weights and optimizer state) or in fp32 (--precision); on GPU the model runs
-channels_last, and --compile compiles it. Checkpoints always include `model.pt`, a plain fp32 state dict of the
-model written by rank 0, which registration and evaluation read without knowing the strategy.
+bf16 under autocast (fp32 weights and optimizer state) or in fp32 (--precision); on GPU the DDP engine's model
+runs channels_last (DeepSpeed's ZeRO keeps weights in flat channels-first buffers), and --compile compiles it.
+Checkpoints always include `model.pt`, a plain fp32 state dict of the model written by rank 0, which registration
+and evaluation read without knowing the strategy.
 """
 
 from __future__ import annotations
