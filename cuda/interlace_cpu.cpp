@@ -88,14 +88,13 @@ at::Tensor interlace_cpu(const at::Tensor& x_in, const at::Tensor& offsets_in, c
                          int64_t channels) {
   const InterlaceShape shape = check_interlace_inputs(x_in, offsets_in, weights_in, channels);
   const at::Tensor x = kernel_layout(x_in), offsets = offsets_in.contiguous(), weights = weights_in.contiguous();
-  const InterlaceShape laid = with_layout(shape, x);
   at::Tensor out = at::empty_like(x);  // in x's layout
   if (x.numel() == 0) return out;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "tin_interlace_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const scalar_t* off = offsets.data_ptr<scalar_t>();
     const scalar_t* w = weights.data_ptr<scalar_t>();
-    gather_rows(x.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(), laid, [&](int64_t n, int64_t g, int64_t t) {
+    gather_rows(x.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(), shape, [&](int64_t n, int64_t g, int64_t t) {
       int64_t shift;
       acc_t frac;
       split_offset(static_cast<acc_t>(off[n * shape.groups + g]), shift, frac);

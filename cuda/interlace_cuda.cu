@@ -103,10 +103,9 @@ __global__ void param_grad_kernel(const scalar_t* __restrict__ grad, const scala
 
 at::Tensor interlace_cuda(const at::Tensor& x_in, const at::Tensor& offsets_in, const at::Tensor& weights_in,
                           int64_t channels) {
-  const InterlaceShape checked = check_interlace_inputs(x_in, offsets_in, weights_in, channels);
+  const InterlaceShape shape = check_interlace_inputs(x_in, offsets_in, weights_in, channels);
   const c10::cuda::CUDAGuard guard(x_in.device());
   const at::Tensor x = kernel_layout(x_in), offsets = offsets_in.contiguous(), weights = weights_in.contiguous();
-  const InterlaceShape shape = with_layout(checked, x);
   at::Tensor out = at::empty_like(x);  // in x's layout
   const int64_t total = shape.batch * shape.frames * shape.groups * shape.row;
   if (total == 0) return out;

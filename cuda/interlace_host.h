@@ -18,7 +18,7 @@ namespace tin {
 
 // x viewed as [N, T, C * S]: channels [0, channels) in G groups of L = (channels / G) * S elements per frame are
 // interlaced, the rest of each frame (the pass-through channels) is copied. The kernels iterate over [N, T, G, L];
-// a group's row is runs of contiguous elements (interlace_element.h), set by x's layout (`with_layout`).
+// a group's row is runs of contiguous elements (interlace_element.h), set by x's layout.
 struct InterlaceShape {
   int64_t batch;
   int64_t frames;
@@ -27,9 +27,9 @@ struct InterlaceShape {
   int64_t frame_stride;  // elements from one frame of a sample to the next: C * S
   int64_t channels;      // interlaced channels
   int64_t total_channels;
-  int64_t run = 0;           // contiguous elements of a row: the row (channels-first) or C / G (channels-last)
-  int64_t run_stride = 0;    // elements from one run to the next: C (channels-last)
-  int64_t group_stride = 0;  // elements from group g's row start to group g + 1's: L or C / G
+  int64_t run;           // contiguous elements of a row: the row (channels-first) or C / G (channels-last)
+  int64_t run_stride;    // elements from one run to the next: C (channels-last)
+  int64_t group_stride;  // elements from group g's row start to group g + 1's: L or C / G
 };
 
 // [N, T, C, *S] stored as [N, T, *S, C] contiguous (and not also channels-first, as when S = 1).
@@ -46,19 +46,10 @@ inline at::Tensor kernel_layout(const at::Tensor& x) {
   return x.is_contiguous() || is_channels_last(x) ? x : x.contiguous();
 }
 
-// `shape` with the runs of x's layout (x as kernel_layout returns it). An empty row (S = 0) is one run of 1 that no
-// loop enters, so that rows / run never divides by zero.
-inline InterlaceShape with_layout(InterlaceShape shape, const at::Tensor& x) {
-  const bool last = is_channels_last(x);
-  const int64_t per_group = shape.channels / shape.groups;
-  shape.run = last ? per_group : std::max<int64_t>(shape.row, 1);
-  shape.run_stride = last ? shape.total_channels : shape.row;
-  shape.group_stride = last ? per_group : shape.row;
-  return shape;
-}
-
 // A second line of defence: the Python wrapper already raises ValueError naming the shapes, but the op can be called
-// directly as torch.ops.tin.interlace, and a kernel must never read out of bounds. channels < 0: all of them.
+// directly as torch.ops.tin.interlace, and a kernel must never read out of bounds. channels < 0: all of them. The runs
+// follow x's layout as kernel_layout(x) keeps it; an empty row (S = 0) is one run of 1 that no loop enters, so that
+// row / run never divides by zero.
 inline InterlaceShape check_interlace_inputs(const at::Tensor& x, const at::Tensor& offsets, const at::Tensor& weights,
                                              int64_t channels) {
   TORCH_CHECK(x.dim() >= 3, "tin::interlace: x must be [N, T, C, *S], got ", x.sizes());
@@ -79,7 +70,9 @@ inline InterlaceShape check_interlace_inputs(const at::Tensor& x, const at::Tens
               "tin::interlace: x, offsets and weights must be on one device");
   int64_t spatial = 1;
   for (int64_t d = 3; d < x.dim(); ++d) spatial *= x.size(d);
-  return InterlaceShape{n, t, g, (moved / g) * spatial, c * spatial, moved, c};
+  const int64_t per_group = moved / g, row = per_group * spatial;
+  if (is_channels_last(x)) return InterlaceShape{n, t, g, row, c * spatial, moved, c, per_group, c, per_group};
+  return InterlaceShape{n, t, g, row, c * spatial, moved, c, std::max<int64_t>(row, 1), row, row};
 }
 
 // dst's pass-through channels [channels, C) are src's (a plain copy: the forward's output, the backward's grad_x).
@@ -104,17 +97,16 @@ struct BackwardBuffers {
 inline BackwardBuffers prepare_backward(const at::Tensor& grad, const at::Tensor& x, const at::Tensor& offsets,
                                         const at::Tensor& weights, int64_t channels, bool input_grad,
                                         bool param_grads) {
-  const InterlaceShape checked = check_interlace_inputs(x, offsets, weights, channels);
+  const InterlaceShape shape = check_interlace_inputs(x, offsets, weights, channels);
   TORCH_CHECK(grad.sizes() == x.sizes(), "tin::interlace_backward: grad ", grad.sizes(), " != x ", x.sizes());
   TORCH_CHECK(grad.scalar_type() == x.scalar_type() && grad.device() == x.device(),
               "tin::interlace_backward: grad must have x's dtype and device");
   const at::Tensor x_k = kernel_layout(x);
   const bool same_layout = is_channels_last(x_k) ? is_channels_last(grad) : grad.is_contiguous();
   const at::Tensor grad_k = same_layout ? grad : at::empty_like(x_k).copy_(grad);
-  BackwardBuffers b{with_layout(checked, x_k), grad_k, x_k, offsets.contiguous(), weights.contiguous()};
+  BackwardBuffers b{shape, grad_k, x_k, offsets.contiguous(), weights.contiguous()};
   b.grad_x = input_grad ? at::empty_like(b.x) : at::empty({0}, x.options());
   const auto acc_dtype = at::toOpMathType(x.scalar_type());
-  const InterlaceShape& shape = b.shape;
   b.interp = at::zeros({param_grads ? shape.batch : 0, shape.frames, shape.groups}, x.options().dtype(acc_dtype));
   b.diff = at::zeros_like(b.interp);
   b.param_grads = param_grads;
