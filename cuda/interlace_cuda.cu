@@ -1,9 +1,12 @@
 // CUDA kernels of the temporal interlace op. The math is the same inline functions the CPU kernel calls
-// (interlace_element.h); here one thread computes one output element (no idle or duplicate threads), and one block
-// reduces one (sample, frame, group) row for the parameter gradients. Half and bfloat16 accumulate in float.
+// (interlace_element.h); here a grid row of blocks covers one (sample, frame, group) row, whose taps each thread
+// computes once and applies to the row's elements it strides over, and one block reduces one row for the parameter
+// gradients. Row and element indices are 32-bit, divided by multiply and shift: no 64-bit division per element.
+// Half and bfloat16 accumulate in float.
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/core/Tensor.h>
+#include <ATen/cuda/detail/IntegerDivider.cuh>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/empty_like.h>
 #include <ATen/ops/zeros.h>
@@ -22,24 +25,69 @@ namespace tin {
 namespace {
 
 constexpr int kThreads = 256;
+constexpr int64_t kElementsPerThread = 4;  // a row's elements per thread: the taps' set-up is paid once for them
+constexpr int64_t kMaxGridY = 65535;
 
-int64_t grid_for(int64_t elements) { return std::min<int64_t>((elements + kThreads - 1) / kThreads, int64_t(1) << 30); }
+// A row of [N, T, G]: its sample, frame and group.
+struct RowIndex {
+  int64_t n, t, g;
+};
 
-// Element idx of x viewed as [N, T, G, L] (a row's element lies row_offset past the row's start). kInputGrad picks
-// the taps: forward (out frame t reads t-k, t-k-1) or backward w.r.t. x (input frame s is read by s+k, s+k+1).
+// Index arithmetic in 32 bits, dividing by multiply and shift (no 64-bit division in a kernel): which (n, t, g) row r
+// is, and where element e of a row lies from the row's start (the layout in interlace_element.h): at e when the row
+// is one run (channels-first), else at (e / run) * run_stride + e % run (channels-last).
+struct RowIndexer {
+  at::cuda::detail::IntDivider<uint32_t> groups, frames, run;
+  int64_t run_stride;
+  bool one_run;
+
+  explicit RowIndexer(const InterlaceShape& shape)
+      : groups(static_cast<uint32_t>(shape.groups)),
+        frames(static_cast<uint32_t>(shape.frames)),
+        run(static_cast<uint32_t>(shape.run)),
+        run_stride(shape.run_stride),
+        one_run(shape.run == shape.row) {}
+
+  __device__ __forceinline__ RowIndex row(uint32_t r) const {
+    const auto by_group = groups.divmod(r);
+    const auto by_frame = frames.divmod(by_group.div);
+    return {by_frame.div, by_frame.mod, by_group.mod};
+  }
+
+  __device__ __forceinline__ int64_t offset(uint32_t e) const {
+    if (one_run) return e;
+    const auto q = run.divmod(e);
+    return static_cast<int64_t>(q.div) * run_stride + q.mod;
+  }
+};
+
+TIN_HOST_DEVICE int64_t row_count(const InterlaceShape& shape) { return shape.batch * shape.frames * shape.groups; }
+
+// Rows and a row's elements are counted in 32 bits: past 2^31 of either they would overflow.
+void check_indices_fit(const InterlaceShape& shape) {
+  TORCH_CHECK(shape.row <= INT32_MAX && row_count(shape) <= INT32_MAX, "tin::interlace (CUDA): ", row_count(shape),
+              " rows of ", shape.row, " elements exceed the 2^31 - 1 the kernels index; split the call");
+}
+
+// Grid of the gather: x over a row's elements (kElementsPerThread per thread), y over the rows (striding past 65535).
+dim3 gather_grid(const InterlaceShape& shape) {
+  const int64_t per_block = kThreads * kElementsPerThread;
+  return dim3(static_cast<unsigned>((shape.row + per_block - 1) / per_block),
+              static_cast<unsigned>(std::min(row_count(shape), kMaxGridY)));
+}
+
+// dst row (n, t, g) from src rows through the taps of (n, t, g). kInputGrad picks the taps: forward (out frame t reads
+// t-k, t-k-1) or backward w.r.t. x (input frame s is read by s+k, s+k+1).
 template <typename scalar_t, bool kInputGrad>
 __global__ void gather_kernel(const scalar_t* __restrict__ src, const scalar_t* __restrict__ offsets,
                               const scalar_t* __restrict__ weights, scalar_t* __restrict__ dst, InterlaceShape shape,
-                              int64_t total) {
+                              RowIndexer index) {
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t frame_stride = shape.frame_stride;
-  const int64_t frame_elements = shape.groups * shape.row;  // the interlaced elements of one frame
-  for (int64_t idx = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; idx < total;
-       idx += int64_t(gridDim.x) * blockDim.x) {  // idx runs over the interlaced elements only, [N, T, G, L]
-    const int64_t i = row_offset(idx % shape.row, shape.row, shape.run, shape.run_stride);  // from the row's start
-    const int64_t g = (idx / shape.row) % shape.groups;
-    const int64_t t = (idx / frame_elements) % shape.frames;
-    const int64_t n = idx / (frame_elements * shape.frames);
+  const uint32_t rows = static_cast<uint32_t>(row_count(shape)), row = static_cast<uint32_t>(shape.row);
+  const uint32_t first = blockIdx.x * blockDim.x + threadIdx.x, step = gridDim.x * blockDim.x;
+  for (uint32_t r = blockIdx.y; r < rows; r += gridDim.y) {  // r + gridDim.y < 2^32: both are below 2^31
+    const auto [n, t, g] = index.row(r);
     int64_t shift;
     acc_t frac;
     split_offset(static_cast<acc_t>(offsets[n * shape.groups + g]), shift, frac);
@@ -53,24 +101,25 @@ __global__ void gather_kernel(const scalar_t* __restrict__ src, const scalar_t* 
     const scalar_t* block = src + n * shape.frames * frame_stride + g * shape.group_stride;
     const scalar_t* row0 = frame_row(block, taps.src0, taps.in0, frame_stride);
     const scalar_t* row1 = frame_row(block, taps.src1, taps.in1, frame_stride);
-    dst[(n * shape.frames + t) * frame_stride + g * shape.group_stride + i] =
-        static_cast<scalar_t>(gather_element(taps, row0, row1, i));
+    scalar_t* out = dst + (n * shape.frames + t) * frame_stride + g * shape.group_stride;
+    for (uint32_t e = first; e < row; e += step) {  // e + step < 2^32: both are below 2^31
+      const int64_t i = index.offset(e);
+      out[i] = static_cast<scalar_t>(gather_element(taps, row0, row1, i));
+    }
   }
 }
 
 // One block per (n, t, g) row: the row sums behind d loss / d weights and d loss / d offsets.
 template <typename scalar_t>
 __global__ void param_grad_kernel(const scalar_t* __restrict__ grad, const scalar_t* __restrict__ x,
-                                  const scalar_t* __restrict__ offsets, InterlaceShape shape,
+                                  const scalar_t* __restrict__ offsets, InterlaceShape shape, RowIndexer index,
                                   at::opmath_type<scalar_t>* __restrict__ interp_out,
                                   at::opmath_type<scalar_t>* __restrict__ diff_out) {
   using acc_t = at::opmath_type<scalar_t>;
   __shared__ acc_t interp_shared[kThreads];
   __shared__ acc_t diff_shared[kThreads];
-  const int64_t r = blockIdx.x;  // indexes [N, T, G]
-  const int64_t g = r % shape.groups;
-  const int64_t t = (r / shape.groups) % shape.frames;
-  const int64_t n = r / (shape.groups * shape.frames);
+  const uint32_t r = blockIdx.x;  // indexes [N, T, G]
+  const auto [n, t, g] = index.row(r);
   const int64_t frame_stride = shape.frame_stride;
   int64_t shift;
   acc_t frac;
@@ -81,8 +130,8 @@ __global__ void param_grad_kernel(const scalar_t* __restrict__ grad, const scala
   const scalar_t* row1 = frame_row(block, taps.src1, taps.in1, frame_stride);
   const scalar_t* gy_row = grad + (n * shape.frames + t) * frame_stride + g * shape.group_stride;
   acc_t interp = 0, diff = 0;
-  for (int64_t e = threadIdx.x; e < shape.row; e += blockDim.x) {
-    const int64_t i = row_offset(e, shape.row, shape.run, shape.run_stride);
+  for (uint32_t e = threadIdx.x; e < static_cast<uint32_t>(shape.row); e += blockDim.x) {
+    const int64_t i = index.offset(e);
     accumulate_param_grads(taps, static_cast<acc_t>(gy_row[i]), row0, row1, i, interp, diff);
   }
   interp_shared[threadIdx.x] = interp;
@@ -107,13 +156,13 @@ at::Tensor interlace_cuda(const at::Tensor& x_in, const at::Tensor& offsets_in, 
   const c10::cuda::CUDAGuard guard(x_in.device());
   const at::Tensor x = kernel_layout(x_in), offsets = offsets_in.contiguous(), weights = weights_in.contiguous();
   at::Tensor out = at::empty_like(x);  // in x's layout
-  const int64_t total = shape.batch * shape.frames * shape.groups * shape.row;
-  if (total == 0) return out;
+  if (row_count(shape) * shape.row == 0) return out;
+  check_indices_fit(shape);
   const auto stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "tin_interlace_cuda", [&] {
-    gather_kernel<scalar_t, false><<<grid_for(total), kThreads, 0, stream>>>(
+    gather_kernel<scalar_t, false><<<gather_grid(shape), kThreads, 0, stream>>>(
         x.data_ptr<scalar_t>(), offsets.data_ptr<scalar_t>(), weights.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(),
-        shape, total);
+        shape, RowIndexer(shape));
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   copy_pass_through(x, out, shape);
@@ -128,21 +177,21 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> interlace_backward_cuda(const at:
   const BackwardBuffers b =
       prepare_backward(grad_in, x_in, offsets_in, weights_in, channels, input_grad, param_grads);
   const InterlaceShape shape = b.shape;
-  const int64_t total = shape.batch * shape.frames * shape.groups * shape.row;
-  if (total > 0) {
+  if (row_count(shape) * shape.row > 0) {
+    check_indices_fit(shape);
+    const RowIndexer index(shape);
     const auto stream = c10::cuda::getCurrentCUDAStream();
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, b.x.scalar_type(), "tin_interlace_backward_cuda", [&] {
       using acc_t = at::opmath_type<scalar_t>;
       if (input_grad) {
-        gather_kernel<scalar_t, true><<<grid_for(total), kThreads, 0, stream>>>(
+        gather_kernel<scalar_t, true><<<gather_grid(shape), kThreads, 0, stream>>>(
             b.grad.data_ptr<scalar_t>(), b.offsets.data_ptr<scalar_t>(), b.weights.data_ptr<scalar_t>(),
-            b.grad_x.data_ptr<scalar_t>(), shape, total);
+            b.grad_x.data_ptr<scalar_t>(), shape, index);
         C10_CUDA_KERNEL_LAUNCH_CHECK();
       }
       if (param_grads) {
-        const int64_t rows = shape.batch * shape.frames * shape.groups;
-        param_grad_kernel<scalar_t><<<rows, kThreads, 0, stream>>>(
-            b.grad.data_ptr<scalar_t>(), b.x.data_ptr<scalar_t>(), b.offsets.data_ptr<scalar_t>(), shape,
+        param_grad_kernel<scalar_t><<<row_count(shape), kThreads, 0, stream>>>(
+            b.grad.data_ptr<scalar_t>(), b.x.data_ptr<scalar_t>(), b.offsets.data_ptr<scalar_t>(), shape, index,
             b.interp.data_ptr<acc_t>(), b.diff.data_ptr<acc_t>());
         C10_CUDA_KERNEL_LAUNCH_CHECK();
       }

@@ -75,12 +75,6 @@ TIN_HOST_DEVICE Taps<acc_t> input_grad_taps(int64_t s, int64_t num_frames, int64
   return taps;
 }
 
-// Memory offset of element i of a row from the row's start: runs of `run` contiguous elements, `run_stride` apart
-// (a whole-row run: the identity).
-TIN_HOST_DEVICE int64_t row_offset(int64_t i, int64_t row, int64_t run, int64_t run_stride) {
-  return run == row ? i : (i / run) * run_stride + i % run;
-}
-
 // The row of frame `frame` of a [T, row_stride] block, or nullptr when the frame is padding.
 template <typename scalar_t>
 TIN_HOST_DEVICE const scalar_t* frame_row(const scalar_t* base, int64_t frame, bool in_range, int64_t frame_stride) {

@@ -118,6 +118,17 @@ def test_large_shapes_match_the_reference(shape):
         torch.testing.assert_close(g / scale, r / scale, atol=1e-5, rtol=1e-4)
 
 
+def test_more_rows_than_one_grid_dimension_holds():
+    """520 x 32 x 4 = 66560 (sample, frame, group) rows: past the 65535 blocks a grid's y dimension holds, so the
+    kernels stride over rows; every row must still be computed, once."""
+    x, offsets, weights = inputs(520, 32, 8, (2,), 4, torch.float32, "cpu", seed=9)
+    grad = torch.randn_like(x)
+    want = forward_and_grads(temporal_interlace, x, offsets, weights, grad)
+    got = forward_and_grads(temporal_interlace, *(v.cuda() for v in (x, offsets, weights)), grad.cuda())
+    for g, w in zip(got, want, strict=True):
+        torch.testing.assert_close(g.cpu(), w, **TOLERANCE[torch.float32])
+
+
 def test_runs_on_the_current_stream():
     x, offsets, weights = inputs(2, 8, 64, (28, 28), 4, torch.float32, "cuda")
     expected = temporal_interlace_reference(x, offsets, weights)
