@@ -6,12 +6,13 @@
 clips/s of the Ray Data pipeline (decode only the sampled frames, transform, stream uint8 clips) against
 (a) the decode limit: a tight loop of decord decoding the same sampled frames in 2 processes, and
 (b) a torch DataLoader(num_workers=2) running the same decode and transforms,
+itself with clips delivered in their order (`preserve_order`, the job's default for repeatable runs),
 and the same pipeline reading frame shards of the same clips (jobs/prepare_mmit.py at the training short side)
 against the raw videos (and a DataLoader on the shards), with the bytes stored per clip, from local disk and from S3
 (a moto server on 127.0.0.1, in its own process). Targets: >= 0.9x of (a), >= 1.0x of (b), shards >= 5x raw video.
 On S3 it also times moto's range reads: moto reads a whole object to answer a range, so a shard row costs there
 what the whole shard costs, which real S3 does not.
-Each figure is the second of two passes (the first warms processes and caches alike for all three), measured in
+Each figure is the second of two passes (the first warms processes and caches alike for all), measured in
 interleaved rounds so that a slow spell of a shared machine hits each alike; ratios are per round and as medians.
 """
 
@@ -99,9 +100,10 @@ def torch_dataloader(uris: list[str]) -> float:
     return count / (time.perf_counter() - start)
 
 
-def ray_pipeline(uris: list[str]) -> float:
+def ray_pipeline(uris: list[str], preserve_order: bool = False) -> float:
     rows = [{"index": i, "uri": uri, "labels": [0]} for i, uri in enumerate(uris)]
     ds = clip_dataset(rows, SPEC, 2, True, train=False, decoders=2, cpus_per_decoder=1.0)
+    ds.context.execution_options.preserve_order = preserve_order  # the job's --preserve-order
     for _ in ds.iter_torch_batches(batch_size=8):  # first pass: worker start-up and imports
         pass
     start = time.perf_counter()
@@ -110,21 +112,24 @@ def ray_pipeline(uris: list[str]) -> float:
 
 
 def measure(label: str, uris: list[str], shard_uris: list[str], rounds: int) -> tuple[str, float]:
-    """Rounds of all five, interleaved, so that a slow spell of a shared machine hits each alike; the ratios are
+    """Rounds of all six, interleaved, so that a slow spell of a shared machine hits each alike; the ratios are
     per round, then their medians. Returns the summary line and the median shards / raw video ratio."""
     ratios = []
     for r in range(rounds):
         limit, loader, ours = decode_limit(uris), torch_dataloader(uris), ray_pipeline(uris)
+        ordered = ray_pipeline(uris, preserve_order=True)
         from_shards, shard_loader = ray_pipeline(shard_uris), torch_dataloader(shard_uris)
-        ratios.append((ours / limit, ours / loader, from_shards / ours, from_shards / shard_loader))
+        ratios.append((ours / limit, ours / loader, ordered / ours, from_shards / ours, from_shards / shard_loader))
         print(f"{label}, round {r + 1}/{rounds}: Ray Data {ours:.1f} clips/s | (a) decode limit {limit:.1f} clips/s -> "
               f"{ours / limit:.2f}x | (b) DataLoader(num_workers=2) {loader:.1f} clips/s -> {ours / loader:.2f}x | "
+              f"in order {ordered:.1f} clips/s -> {ordered / ours:.2f}x | "
               f"shards {from_shards:.1f} clips/s -> {from_shards / ours:.2f}x raw video, DataLoader on shards "
               f"{shard_loader:.1f} clips/s -> {from_shards / shard_loader:.2f}x", flush=True)  # fmt: skip
-    to_limit, to_loader, to_raw, to_shard_loader = (statistics.median(c) for c in zip(*ratios, strict=True))
+    to_limit, to_loader, ordered, to_raw, to_shard_loader = (statistics.median(c) for c in zip(*ratios, strict=True))
     line = (f"{label}, median of {rounds}: (a) {to_limit:.2f}x of the decode limit [target >= 0.9] | "
-            f"(b) {to_loader:.2f}x of DataLoader(num_workers=2) [target >= 1.0] | shards {to_raw:.2f}x raw video "
-            f"[target >= 5] and {to_shard_loader:.2f}x a DataLoader on the shards")  # fmt: skip
+            f"(b) {to_loader:.2f}x of DataLoader(num_workers=2) [target >= 1.0] | in order (preserve_order, the "
+            f"job's default) {ordered:.2f}x | shards {to_raw:.2f}x raw video [target >= 5] and {to_shard_loader:.2f}x "
+            f"a DataLoader on the shards")  # fmt: skip
     print(line, flush=True)
     return line, to_raw
 
