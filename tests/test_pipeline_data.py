@@ -19,6 +19,7 @@ from pipeline.data.dataset import (
     BadVideoCounter,
     ClipSpec,
     clip_dataset,
+    continue_at_epoch,
     manifest_rows,
     reason_code,
     torch_batches,
@@ -166,11 +167,13 @@ def synthetic_root(tmp_path_factory) -> Path:
     return generate_mmit(tmp_path_factory.mktemp("synthetic") / "mmit", SyntheticSpec(num_train=16, num_val=8))
 
 
-def seeded_epochs(rows, num_classes, seed, epochs=2):
-    """`epochs` passes over a fresh training dataset on two decoders, in order as the training job runs it."""
+def seeded_epochs(rows, num_classes, seed, epochs=2, start=0):
+    """`epochs` passes over a fresh training dataset on two decoders, in order as the training job runs it, the
+    first drawn as epoch `start`."""
     ds = clip_dataset(rows, SPEC, num_classes, True, train=True, decoders=2, cpus_per_decoder=0.5, batch_size=2,
                       seed=seed)  # fmt: skip
     ds.context.execution_options.preserve_order = True
+    continue_at_epoch(ds, start)
     return [collect(ds)[0] for _ in range(epochs)]
 
 
@@ -188,6 +191,8 @@ def test_training_samples_change_every_epoch_and_repeat_with_the_seed(ray_cluste
     for run, rerun in zip((first, second), again, strict=True):
         assert run["index"].tolist() == rerun["index"].tolist()
         assert torch.equal(run["clips"], rerun["clips"])
+    [resumed] = seeded_epochs(rows, manifest.num_classes, seed=3, epochs=1, start=1)  # a run resumed at epoch 1
+    assert resumed["index"].tolist() == second["index"].tolist() and torch.equal(resumed["clips"], second["clips"])
     other, _ = seeded_epochs(rows, manifest.num_classes, seed=4)
     assert other["index"].tolist() != first["index"].tolist()
     assert not torch.equal(other["clips"][other["index"].argsort()], a), "another seed must draw other crops"

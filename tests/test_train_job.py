@@ -1,6 +1,7 @@
 """The training job end to end on tiny data, on one real local Ray cluster: DDP and DeepSpeed with 2 workers,
-a killed worker resumed from its checkpoint, rerunning a name, data and checkpoints on S3, the MLflow registry and a
-fresh process loading the champion without unpickling, and errors before any Ray work."""
+a killed worker resumed from its checkpoint (with one worker, exactly as the uninterrupted run), rerunning a name,
+data and checkpoints on S3, the MLflow registry and a fresh process loading the champion without unpickling, and
+errors before any Ray work."""
 
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ from mlflow.tracking import MlflowClient
 from pipeline.data.synthetic import SyntheticSpec, generate_mmit
 from pipeline.registry.tracking import log_and_register_model, start_run
 from pipeline.train.config import JobConfig, flat_values
-from pipeline.train.driver import run_training, trial_cpus, warn_if_waiting
+from pipeline.train.driver import next_epoch, run_training, trial_cpus, warn_if_waiting
 from pipeline.train.results import summary
 
 REPO = Path(__file__).resolve().parents[1]
@@ -152,29 +153,60 @@ def test_ddp_two_workers_bf16_with_accumulation(cluster, tiny_root, tmp_path):
     assert not all(initial[k].equal(v) for k, v in trained.items()), "the accumulated steps must change the weights"
 
 
-def test_killed_worker_resumes_from_checkpoint(cluster, tiny_root, tmp_path):
-    cfg = tiny_config(tmp_path, tiny_root, "killed", epochs=4, max_failures=2)
+def run_killed_after_first_checkpoint(cluster, cfg: JobConfig, storage: Path):
+    """Run `cfg`, killing its last training worker once the Train controller has registered a checkpoint (a
+    checkpoint directory alone may still be unknown to it: killed then, the run restarts from scratch, which it
+    records in this snapshot); the outcome of the run that recovered."""
     box = {}
     thread = threading.Thread(target=lambda: box.update(outcome=run_training(cfg)))
     thread.start()
-    # A checkpoint counts once the Train controller has registered it, which it records in this snapshot (a
-    # checkpoint directory alone may still be unknown to it: killed then, the run restarts from scratch).
-    registered = tmp_path / "checkpoints" / "killed" / "checkpoint_manager_snapshot.json"
+    registered = storage / cfg.tracking.name / "checkpoint_manager_snapshot.json"
     deadline = time.time() + 300
     while not registered.is_file() and time.time() < deadline:
         time.sleep(0.5)
     assert registered.is_file(), "no checkpoint registered"
     workers = train_worker_pids(cluster)
-    assert len(workers) == 2, workers
+    assert len(workers) == cfg.dist.num_workers, workers
     os.kill(workers[-1], signal.SIGKILL)
     thread.join(timeout=600)
     outcome = box["outcome"]  # raises KeyError if the run failed instead of recovering
-    assert outcome.last_metrics["epoch"] == 3
     assert outcome.last_metrics["resumed_from_epoch"] >= 0, "the finishing worker group must have restored a checkpoint"
+    return outcome
+
+
+def test_killed_worker_resumes_from_checkpoint(cluster, tiny_root, tmp_path):
+    cfg = tiny_config(tmp_path, tiny_root, "killed", epochs=4, max_failures=2)
+    outcome = run_killed_after_first_checkpoint(cluster, cfg, tmp_path / "checkpoints")
+    assert outcome.last_metrics["epoch"] == 3
     history = MlflowClient(cfg.tracking.mlflow_uri).get_metric_history(outcome.run_id, "val_map")
     assert sorted({m.step for m in history}) == [0, 1, 2, 3], "every epoch is reported, none lost to the restart"
     last = sorted(p.name for p in (tmp_path / "checkpoints" / "killed").glob("epoch-*"))
     assert last[-1] == "epoch-0003"
+
+
+def test_a_resumed_run_trains_as_the_uninterrupted_one(cluster, tiny_root, tmp_path):
+    """One worker killed after its first checkpoint: the restarted worker group restores the weights and continues
+    the seeded data draws at the epoch it resumes (not from the first epoch's), so every epoch's train_loss equals
+    the uninterrupted run's."""
+    options = dict(num_workers=1, decoders=2, seed=5, epochs=4, max_failures=2)
+    whole = run_training(tiny_config(tmp_path, tiny_root, "whole", **options))
+    resumed = run_killed_after_first_checkpoint(cluster, tiny_config(tmp_path, tiny_root, "resumed", **options),
+                                                tmp_path / "checkpoints")  # fmt: skip
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    # by epoch: an epoch logged before the kill and trained again after it is counted once
+    losses = [
+        {m.step: m.value for m in client.get_metric_history(run.run_id, "train_loss")} for run in (whole, resumed)
+    ]
+    assert sorted(losses[0]) == [0, 1, 2, 3] and losses[0] == losses[1], losses
+
+
+def test_a_run_starts_one_epoch_past_its_newest_checkpoint(tmp_path):
+    run_dir = tmp_path / "run"
+    assert next_epoch(None, str(run_dir)) == 0  # a new run: no directory yet
+    for name in ["epoch-0000", "epoch-0003", "epoch-0002", "checkpoint_tmp"]:
+        (run_dir / name).mkdir(parents=True)
+    (run_dir / "epoch-0009").write_text("")  # a file, not a checkpoint
+    assert next_epoch(None, str(run_dir)) == 4
 
 
 def train_worker_pids(temp_dir: Path) -> list[int]:

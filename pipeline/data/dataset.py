@@ -5,7 +5,7 @@
 
 Only the sampled frames are decoded (pipeline.data.video), straight from the storage the URI names. The dataset re-runs
 every epoch, so training clips get new random frames, crops and order each epoch, all drawn from the job's seed and
-the epoch (Ray Data's execution index, which a restarted worker group counts afresh): a run with one training worker
+the epoch (Ray Data's execution index; `continue_at_epoch` sets it for a resumed run): a run with one training worker
 repeats exactly. A clip that cannot be decoded becomes a row with a non-zero `status` (its reason code) and a zero
 clip: it is logged with its path by the decoder, dropped and counted by reason by the consumer (`BadVideoCounter`),
 never a crash.
@@ -205,6 +205,13 @@ def clip_dataset(
         compute=ray.data.TaskPoolStrategy(size=decoders),
         num_cpus=cpus_per_decoder,
     )
+
+
+def continue_at_epoch(ds: ray.data.Dataset, epoch: int) -> ray.data.Dataset:
+    """`ds` (changed in place) whose next run draws its order, frames and crops as its run number `epoch` would: the
+    draws follow Ray Data's execution index, which a new or restarted consumer otherwise counts from 0."""
+    ds.context._execution_idx = epoch
+    return ds
 
 
 class TooManyBadVideos(RuntimeError):

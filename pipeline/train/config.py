@@ -45,8 +45,8 @@ class DataConfig:
     cpus_per_decoder: float = 0.5
     """CPUs each decode task reserves (0.5: two decoders beside a training worker on 2 CPUs; clusters: 1)"""
     preserve_order: bool = True
-    """decoded clips reach training in their seeded order, so an uninterrupted run on one training worker repeats
-    exactly; off: a slow video never holds up the clips decoded behind it"""
+    """decoded clips reach training in their seeded order, so a run on one training worker repeats exactly (resumed
+    or not); off: a slow video never holds up the clips decoded behind it"""
     num_train: int = 320
     """generated default data: training clips"""
     num_val: int = 96

@@ -15,19 +15,20 @@ import os
 import time
 from dataclasses import dataclass
 
+import pyarrow.fs
 import ray
 from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchConfig, TorchTrainer
 
 from pipeline.data import storage
 from pipeline.data.annotations import Manifest
-from pipeline.data.dataset import clip_dataset, manifest_rows
+from pipeline.data.dataset import clip_dataset, continue_at_epoch, manifest_rows
 from pipeline.data.layouts import read_dataset
 from pipeline.data.storage import DEFAULT_CACHE
 from pipeline.data.synthetic import SyntheticSpec, generate_mmit
 from pipeline.registry.tracking import Tracker, finishing, redact, start_run, tracking_uri
 from pipeline.train.config import JobConfig, flat_values
-from pipeline.train.loop import clip_spec, resolved_model, train_loop_per_worker
+from pipeline.train.loop import checkpoint_epoch, clip_spec, resolved_model, train_loop_per_worker
 from pipeline.train.progress import EpochProgress
 from pipeline.train.results import (
     TrainOutcome,
@@ -127,6 +128,29 @@ def ingest_options(cfg: JobConfig) -> ray.data.ExecutionOptions:
     return options
 
 
+def next_epoch(storage_fs: pyarrow.fs.FileSystem | None, run_dir: str) -> int:
+    """The epoch a run starts at: one past the newest checkpoint in its storage directory, 0 for a new run. Ray Train
+    restores the newest checkpoint it registered: this one, unless the run died between writing and registering it."""
+    fs = storage_fs or pyarrow.fs.LocalFileSystem()
+    found = fs.get_file_info(pyarrow.fs.FileSelector(run_dir, allow_not_found=True))
+    epochs = [checkpoint_epoch(info.base_name) for info in found if info.type == pyarrow.fs.FileType.Directory]
+    return max((e for e in epochs if e is not None), default=-1) + 1
+
+
+@dataclass
+class ResumedTrainingData:
+    """The training dataset as Ray Train asks for it at each worker group's start (the first and every restart): its
+    seeded draws continue at the epoch the group resumes at, so a resumed run trains on the clips, frames and crops
+    the uninterrupted run would have."""
+
+    dataset: ray.data.Dataset
+    storage_fs: pyarrow.fs.FileSystem | None
+    run_dir: str
+
+    def __call__(self) -> ray.data.Dataset:
+        return continue_at_epoch(self.dataset, next_epoch(self.storage_fs, self.run_dir))
+
+
 def build_trainer(
     cfg: JobConfig,
     datasets: Datasets,
@@ -158,7 +182,7 @@ def build_trainer(
             num_workers=dist.num_workers, use_gpu=dist.use_gpu, resources_per_worker=resources
         ),
         torch_config=TorchConfig(backend="nccl" if dist.use_gpu else "gloo"),
-        datasets={"train": train_ds},
+        datasets={"train": ResumedTrainingData(train_ds, storage_fs, f"{storage_path}/{run_name}")},
         # validation is sharded exactly by the loop
         dataset_config=DataConfig(datasets_to_split=["train"], execution_options=ingest_options(cfg)),
         run_config=RunConfig(

@@ -12,6 +12,7 @@ import dataclasses
 import json
 import logging
 import math
+import re
 import tempfile
 import time
 from collections import Counter
@@ -36,6 +37,17 @@ from tin_core import ModelConfig, ap_per_class, classification_metrics
 logger = logging.getLogger(__name__)
 
 META_FILE = "meta.json"
+
+
+def checkpoint_dir(epoch: int) -> str:
+    """The name of an epoch's checkpoint directory in the run's storage."""
+    return f"epoch-{epoch:04d}"
+
+
+def checkpoint_epoch(name: str) -> int | None:
+    """The epoch a checkpoint directory's name holds; None for other names."""
+    match = re.fullmatch(r"epoch-(\d+)", name)
+    return int(match.group(1)) if match else None
 
 
 def clip_spec(cfg: JobConfig) -> ClipSpec:
@@ -240,6 +252,6 @@ def train_loop_per_worker(config: dict) -> None:
                 (Path(directory) / META_FILE).write_text(json.dumps(meta, default=str))
             report = {**metrics, "bad_by_reason": json.dumps(dict(bad)), "stopped_bad_videos": too_many_bad}
             ray.train.report(report, checkpoint=ray.train.Checkpoint.from_directory(directory),
-                             checkpoint_dir_name=f"epoch-{epoch:04d}")  # fmt: skip
+                             checkpoint_dir_name=checkpoint_dir(epoch))  # fmt: skip
         if too_many_bad:  # every rank sees the same gathered counts, so all stop together; the driver raises
             return
