@@ -20,10 +20,12 @@ else
 fi
 "$PY" -c "import torch, tin_core; assert torch.cuda.is_available(), 'no GPU'; print(tin_core.interlace_backends())"
 # The benchmarks run even when a test fails: one pass on a lent machine should bring back everything it can.
-tests=0
+tests=0 bench=0
 "$PY" -m pytest -q -p no:cacheprovider -o addopts="" tests/test_cuda.py tests/test_ops.py -rs || tests=$?
-"$PY" -m benchmarks.gpu
+"$PY" -m benchmarks.gpu || bench=$?
 # On a lent machine ($OUT comes back to the session): the figures, to commit from there.
 if [ -n "${OUT:-}" ]; then cp benchmarks/RESULTS.md "$OUT/RESULTS.md"; fi
 if [ "$tests" -ne 0 ]; then echo "gpu-check: the tests failed (pytest exit $tests); the figures above are unchecked" >&2; fi
+if [ "$bench" -ne 0 ]; then echo "gpu-check: the benchmarks failed (exit $bench)" >&2; fi
+[ "$tests" -eq 0 ] && exit "$bench"
 exit "$tests"

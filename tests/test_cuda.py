@@ -120,7 +120,7 @@ def test_large_shapes_match_the_reference(shape):
 
 def test_more_rows_than_one_grid_dimension_holds():
     """520 x 32 x 4 = 66560 (sample, frame, group) rows: past the 65535 blocks a grid's y dimension holds, so the
-    kernels stride over rows; every row must still be computed, once."""
+    gather kernel strides over rows; every row must still be computed, once."""
     x, offsets, weights = inputs(520, 32, 8, (2,), 4, torch.float32, "cpu", seed=9)
     grad = torch.randn_like(x)
     want = forward_and_grads(temporal_interlace, x, offsets, weights, grad)

@@ -5,6 +5,7 @@ errors before any Ray work."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -22,7 +23,7 @@ from mlflow.tracking import MlflowClient
 from pipeline.data.synthetic import SyntheticSpec, generate_mmit
 from pipeline.registry.tracking import log_and_register_model, start_run
 from pipeline.train.config import JobConfig, flat_values
-from pipeline.train.driver import next_epoch, run_training, trial_cpus, warn_if_waiting
+from pipeline.train.driver import RAY_CHECKPOINT_SNAPSHOT, next_epoch, run_training, trial_cpus, warn_if_waiting
 from pipeline.train.results import summary
 
 REPO = Path(__file__).resolve().parents[1]
@@ -160,7 +161,7 @@ def run_killed_after_first_checkpoint(cluster, cfg: JobConfig, storage: Path):
     box = {}
     thread = threading.Thread(target=lambda: box.update(outcome=run_training(cfg)))
     thread.start()
-    registered = storage / cfg.tracking.name / "checkpoint_manager_snapshot.json"
+    registered = storage / cfg.tracking.name / RAY_CHECKPOINT_SNAPSHOT
     deadline = time.time() + 300
     while not registered.is_file() and time.time() < deadline:
         time.sleep(0.5)
@@ -186,9 +187,9 @@ def test_killed_worker_resumes_from_checkpoint(cluster, tiny_root, tmp_path):
 
 def test_a_resumed_run_trains_as_the_uninterrupted_one(cluster, tiny_root, tmp_path):
     """One worker killed after its first checkpoint: the restarted worker group restores the weights and continues
-    the seeded data draws at the epoch it resumes (not from the first epoch's), so every epoch's train_loss equals
-    the uninterrupted run's."""
-    options = dict(num_workers=1, decoders=2, seed=5, epochs=4, max_failures=2)
+    the seeded draws (data; dropout) at the epoch it resumes, not from the first epoch's, so every epoch's
+    train_loss equals the uninterrupted run's."""
+    options = dict(num_workers=1, decoders=2, seed=5, epochs=4, max_failures=2, dropout=0.5)
     whole = run_training(tiny_config(tmp_path, tiny_root, "whole", **options))
     resumed = run_killed_after_first_checkpoint(cluster, tiny_config(tmp_path, tiny_root, "resumed", **options),
                                                 tmp_path / "checkpoints")  # fmt: skip
@@ -200,13 +201,15 @@ def test_a_resumed_run_trains_as_the_uninterrupted_one(cluster, tiny_root, tmp_p
     assert sorted(losses[0]) == [0, 1, 2, 3] and losses[0] == losses[1], losses
 
 
-def test_a_run_starts_one_epoch_past_its_newest_checkpoint(tmp_path):
+def test_a_run_starts_one_epoch_past_the_checkpoint_ray_restores(tmp_path):
     run_dir = tmp_path / "run"
     assert next_epoch(None, str(run_dir)) == 0  # a new run: no directory yet
-    for name in ["epoch-0000", "epoch-0003", "epoch-0002", "checkpoint_tmp"]:
+    for name in ["epoch-0000", "epoch-0002", "epoch-0003"]:
         (run_dir / name).mkdir(parents=True)
-    (run_dir / "epoch-0009").write_text("")  # a file, not a checkpoint
-    assert next_epoch(None, str(run_dir)) == 4
+    assert next_epoch(None, str(run_dir)) == 0, "directories Ray has not registered are not restored"
+    snapshot = {"ray_version": "2.60.0", "latest_checkpoint_result": {"checkpoint_dir_name": "epoch-0002"}}
+    (run_dir / "checkpoint_manager_snapshot.json").write_text(json.dumps(snapshot))
+    assert next_epoch(None, str(run_dir)) == 3  # epoch-0003 was written but not yet registered
 
 
 def train_worker_pids(temp_dir: Path) -> list[int]:

@@ -9,6 +9,7 @@ so a bad --data root or flag fails in seconds with an error naming what is wrong
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import math
 import os
@@ -128,13 +129,22 @@ def ingest_options(cfg: JobConfig) -> ray.data.ExecutionOptions:
     return options
 
 
+# Ray Train's record of the checkpoints it registered, in the run's directory (written as it registers one).
+RAY_CHECKPOINT_SNAPSHOT = "checkpoint_manager_snapshot.json"
+
+
 def next_epoch(storage_fs: pyarrow.fs.FileSystem | None, run_dir: str) -> int:
-    """The epoch a run starts at: one past the newest checkpoint in its storage directory, 0 for a new run. Ray Train
-    restores the newest checkpoint it registered: this one, unless the run died between writing and registering it."""
+    """The epoch a run starts at: one past the checkpoint Ray Train restores, the newest it registered, 0 for a new
+    run. Its snapshot says which: a checkpoint directory is written a moment before it is registered, so the newest
+    directory may not be the one restored."""
     fs = storage_fs or pyarrow.fs.LocalFileSystem()
-    found = fs.get_file_info(pyarrow.fs.FileSelector(run_dir, allow_not_found=True))
-    epochs = [checkpoint_epoch(info.base_name) for info in found if info.type == pyarrow.fs.FileType.Directory]
-    return max((e for e in epochs if e is not None), default=-1) + 1
+    path = f"{run_dir}/{RAY_CHECKPOINT_SNAPSHOT}"
+    if fs.get_file_info(path).type == pyarrow.fs.FileType.NotFound:
+        return 0
+    with fs.open_input_stream(path) as f:
+        latest = json.loads(f.read()).get("latest_checkpoint_result") or {}
+    epoch = checkpoint_epoch(latest.get("checkpoint_dir_name", ""))
+    return 0 if epoch is None else epoch + 1
 
 
 @dataclass

@@ -104,6 +104,11 @@ def with_last(items):
 _END = object()
 
 
+def epoch_seed(*keys: int) -> int:
+    """A 32-bit seed drawn from `keys` (numpy's SeedSequence: nearby keys give unrelated seeds)."""
+    return int(np.random.SeedSequence(list(keys)).generate_state(1)[0])
+
+
 def train_one_epoch(
     engine, shard, cfg: JobConfig, epoch: int, steps_per_epoch: int, device, log_every: int = 0
 ) -> dict:
@@ -114,8 +119,10 @@ def train_one_epoch(
     loss_sum, clips, steps, waited = 0.0, 0, 0, 0.0
     start = last = time.perf_counter()
     batch_size = cfg.optim.batch_size
-    shuffle_seed = int(np.random.SeedSequence([cfg.optim.seed, epoch]).generate_state(1)[0])
-    batches = torch_batches(shard, batch_size, device, counter, 4 * batch_size, shuffle_seed)
+    # The epoch's random draws (the shuffle buffer; torch's, for dropout) follow the seed, the epoch and the rank
+    # alone, so a run resumed at this epoch draws what the uninterrupted run did.
+    torch.manual_seed(epoch_seed(cfg.optim.seed, epoch, dist.get_rank() if dist.is_initialized() else 0))
+    batches = torch_batches(shard, batch_size, device, counter, 4 * batch_size, epoch_seed(cfg.optim.seed, epoch))
     for (batch, labels, _, good), final in with_last(batches):
         waited += time.perf_counter() - last
         engine.set_lr(lr_factor(cfg, epoch + min(steps / steps_per_epoch, 1.0)))
