@@ -21,7 +21,7 @@ from conftest import local_ray, s3_env
 from mlflow.tracking import MlflowClient
 
 from pipeline.data.synthetic import SyntheticSpec, generate_mmit
-from pipeline.registry.tracking import log_and_register_model, start_run
+from pipeline.registry.tracking import finishing, log_and_register_model, start_run
 from pipeline.train.config import JobConfig, flat_values
 from pipeline.train.driver import RAY_CHECKPOINT_SNAPSHOT, next_epoch, run_training, trial_cpus, warn_if_waiting
 from pipeline.train.results import summary
@@ -199,6 +199,19 @@ def test_a_resumed_run_trains_as_the_uninterrupted_one(cluster, tiny_root, tmp_p
         {m.step: m.value for m in client.get_metric_history(run.run_id, "train_loss")} for run in (whole, resumed)
     ]
     assert sorted(losses[0]) == [0, 1, 2, 3] and losses[0] == losses[1], losses
+
+
+def test_an_interrupted_run_keeps_an_end_already_recorded(tmp_path):
+    """A failure ends a running run FAILED, but not one whose end the sweep's driver already recorded."""
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    for name, recorded, want in [("plain", None, "FAILED"), ("recorded", "FINISHED", "FINISHED")]:
+        tracker = start_run(uri, "tests", name, {})
+        with pytest.raises(RuntimeError), finishing(tracker, tag_error=True):
+            if recorded:
+                tracker.client.set_terminated(tracker.run_id, status=recorded)
+            raise RuntimeError("the trial's actor died")
+        run = MlflowClient(uri).get_run(tracker.run_id)
+        assert run.info.status == want and ("error" in run.data.tags) == (want == "FAILED")
 
 
 def test_a_run_starts_one_epoch_past_the_checkpoint_ray_restores(tmp_path):

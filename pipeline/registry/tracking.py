@@ -117,16 +117,25 @@ def finish_run(tracker: Tracker, status: str = "FINISHED") -> None:
     tracker.client.set_terminated(tracker.run_id, status=status)
 
 
+def _still_running(tracker: Tracker) -> bool:
+    try:
+        return tracker.client.get_run(tracker.run_id).info.status == "RUNNING"
+    except Exception:  # the store is away: end it as if running (that call reports the store's error)
+        return True
+
+
 @contextlib.contextmanager
 def finishing(tracker: Tracker, tag_error: bool = False):
     """End the run FINISHED when the block completes; on any error end it FAILED (tagged with the error if
-    `tag_error`) and re-raise."""
+    `tag_error`) and re-raise, unless its end is already recorded: a Tune trial ended after its last report can be
+    interrupted just after the sweep's driver recorded how it ended."""
     try:
         yield tracker
     except BaseException as error:
-        if tag_error:
-            tracker.set_tag("error", f"{type(error).__name__}: {error}"[:5000])
-        finish_run(tracker, "FAILED")
+        if _still_running(tracker):
+            if tag_error:
+                tracker.set_tag("error", f"{type(error).__name__}: {error}"[:5000])
+            finish_run(tracker, "FAILED")
         raise
     finish_run(tracker)
 
