@@ -12,8 +12,9 @@ against the raw videos (and a DataLoader on the shards), with the bytes stored p
 (a moto server on 127.0.0.1, in its own process). Targets: >= 0.9x of (a), >= 1.0x of (b), shards >= 5x raw video.
 On S3 it also times moto's range reads: moto reads a whole object to answer a range, so a shard row costs there
 what the whole shard costs, which real S3 does not.
-Each figure is the second of two passes (the first warms processes and caches alike for all), measured in
-interleaved rounds so that a slow spell of a shared machine hits each alike; ratios are per round and as medians.
+Each figure is the second of two passes (the first warms processes and caches alike for every pipeline), in
+interleaved rounds so that a slow spell of a shared machine hits each alike; each ratio is taken per round, and
+the summary line gives its middle value over the rounds.
 """
 
 from __future__ import annotations
@@ -112,8 +113,8 @@ def ray_pipeline(uris: list[str], preserve_order: bool = False) -> float:
 
 
 def measure(label: str, uris: list[str], shard_uris: list[str], rounds: int) -> tuple[str, float]:
-    """Rounds of all six, interleaved, so that a slow spell of a shared machine hits each alike; the ratios are
-    per round, then their medians. Returns the summary line and the median shards / raw video ratio."""
+    """Rounds of all six, interleaved, so that a slow spell of a shared machine hits each alike; each ratio is taken
+    per round. Returns the summary line and the shards / raw video ratio, each the middle value over the rounds."""
     ratios = []
     for r in range(rounds):
         limit, loader = decode_limit(uris), torch_dataloader(uris)
