@@ -15,7 +15,7 @@ from mlflow.tracking import MlflowClient
 from pipeline.data.synthetic import SyntheticSpec, generate_mmit
 from pipeline.registry.tracking import start_run
 from pipeline.train.config import JobConfig
-from pipeline.train.tune import SweepConfig, SweepJobConfig, _child_runs, concurrent_trials, run_sweep
+from pipeline.train.tune import SweepConfig, SweepJobConfig, concurrent_trials, run_sweep
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -91,7 +91,7 @@ def test_child_runs_grouped_by_name_across_pages(tmp_path):
         start_run(uri, "sweep", name, {}, parent_run_id=parent.run_id)
     start_run(uri, "sweep", "trial_x", {}, parent_run_id=other.run_id)  # another sweep's child
 
-    children = _child_runs(parent, page_size=2)  # three pages
+    children = parent.child_runs(page_size=2)  # three pages
     assert sorted(children) == names
     assert all(len(runs) == 1 for runs in children.values())
 

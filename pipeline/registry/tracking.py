@@ -77,6 +77,21 @@ class Tracker:
     def set_tag(self, key: str, value: str) -> None:
         self.client.set_tag(self.run_id, key, value)
 
+    def child_runs(self, page_size: int = 1000) -> dict[str, list]:
+        """This run's MLflow child runs (a sweep's trials) by run name, fetched in one paged search."""
+        client = self.client
+        experiment_id = client.get_run(self.run_id).info.experiment_id
+        query = f"tags.`mlflow.parentRunId` = '{self.run_id}'"
+        children: dict[str, list] = {}
+        token = None
+        while True:
+            page = client.search_runs([experiment_id], filter_string=query, max_results=page_size, page_token=token)
+            for run in page:
+                children.setdefault(run.data.tags.get(RUN_NAME_TAG, ""), []).append(run)
+            token = page.token
+            if not token:
+                return children
+
 
 def start_run(uri: str, experiment: str, run_name: str, params: dict, parent_run_id: str | None = None) -> Tracker:
     """The MLflow run named `run_name` in `experiment`: an unfinished one is resumed (same --name), else a new one.

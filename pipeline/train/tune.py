@@ -370,7 +370,7 @@ def run_sweep(cfg: SweepJobConfig, datasets: Datasets | None = None) -> SweepOut
             raise SweepInterrupted(f"sweep {sweep_name} interrupted with {unfinished} of {trials} trials unfinished; "
                                    f"rerun with --name {sweep_name} to resume it")  # fmt: skip
         rows = summarize(results, epochs)
-        children = _child_runs(parent)
+        children = parent.child_runs()
         _record_trial_statuses(parent, children, sweep_name, rows)
         table = format_table(rows)
         parent.log_text(table + "\n", "sweep_summary.txt")
@@ -399,21 +399,6 @@ def _record_trial_statuses(parent: Tracker, children: dict[str, list], sweep_nam
                 if "error" in run.data.tags:  # the interruption of an early stop, not an error of the trial
                     client.delete_tag(run.info.run_id, "error")
             client.set_terminated(run.info.run_id, status=TRIAL_RUN_STATUS[row.status])
-
-
-def _child_runs(parent: Tracker, page_size: int = 1000) -> dict[str, list]:
-    """The sweep's MLflow child runs (one per trial) by run name, fetched in one paged search."""
-    experiment_id = parent.client.get_run(parent.run_id).info.experiment_id
-    query = f"tags.`mlflow.parentRunId` = '{parent.run_id}'"
-    children: dict[str, list] = {}
-    token = None
-    while True:
-        page = parent.client.search_runs([experiment_id], filter_string=query, max_results=page_size, page_token=token)
-        for run in page:
-            children.setdefault(run.data.tags.get(RUN_NAME_TAG, ""), []).append(run)
-        token = page.token
-        if not token:
-            return children
 
 
 def _trial_tracker(parent: Tracker, children: dict[str, list], run_name: str) -> Tracker:
