@@ -1,5 +1,5 @@
 """The temporal benchmark: TSN, TSM and TIN trained by `jobs/train_mmit.py` with its defaults on events that differ
-only by the direction of time, beside a plain PyTorch loop (written here, apart from the project) as the yardstick.
+only by the direction of time, beside a plain PyTorch loop (plain_loop.py, apart from the project) as the yardstick.
 
     python -m benchmarks.temporal                      # about 30 minutes on 2 CPUs
     python -m benchmarks.temporal --num-train 48 --num-val 24 --epochs 1 --no-record    # a smoke run
