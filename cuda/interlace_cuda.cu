@@ -1,8 +1,8 @@
 // CUDA kernels of the temporal interlace op. The math is the same inline functions the CPU kernel calls
 // (interlace_element.h); here a grid row of blocks covers one (sample, frame, group) row, whose taps each thread
-// computes once and applies to the row's elements it strides over, and one block reduces one row for the parameter
-// gradients. Row and element indices are 32-bit, divided by multiply and shift: no 64-bit division per element.
-// Half and bfloat16 accumulate in float.
+// computes once and applies to the row's elements it strides over, and one block reduces each chunk of a row for the
+// parameter gradients (the host sums the chunks). Row and element indices are 32-bit, divided by multiply and shift:
+// no 64-bit division per element. Half and bfloat16 accumulate in float.
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/core/Tensor.h>
@@ -17,6 +17,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <array>
 
 #include "interlace_element.h"
 #include "interlace_host.h"
@@ -27,6 +28,7 @@ namespace {
 constexpr int kThreads = 256;
 constexpr int64_t kElementsPerThread = 4;  // a row's elements per thread: the taps' set-up is paid once for them
 constexpr int64_t kMaxGridY = 65535;
+constexpr int64_t kParamChunk = kThreads * 16;  // a row's elements per parameter-gradient block
 
 // A row of [N, T, G]: its sample, frame and group.
 struct RowIndex {
@@ -69,6 +71,9 @@ void check_indices_fit(const InterlaceShape& shape) {
               " rows of ", shape.row, " elements exceed the 2^31 - 1 the kernels index; split the call");
 }
 
+// A row's chunks for the parameter gradients.
+int64_t param_chunks(const InterlaceShape& shape) { return (shape.row + kParamChunk - 1) / kParamChunk; }
+
 // Grid of the gather: x over a row's elements (kElementsPerThread per thread), y over the rows (striding past 65535).
 dim3 gather_grid(const InterlaceShape& shape) {
   const int64_t per_block = kThreads * kElementsPerThread;
@@ -109,44 +114,57 @@ __global__ void gather_kernel(const scalar_t* __restrict__ src, const scalar_t* 
   }
 }
 
-// One block per (n, t, g) row: the row sums behind d loss / d weights and d loss / d offsets.
+// Grid of the parameter gradients: x over a row's chunks of kParamChunk elements (enough blocks to fill the GPU when
+// rows are few and long, as in a ResNet's first stages), y over the rows (striding past 65535).
+dim3 param_grad_grid(const InterlaceShape& shape) {
+  return dim3(static_cast<unsigned>(param_chunks(shape)), static_cast<unsigned>(std::min(row_count(shape), kMaxGridY)));
+}
+
+// Per (n, t, g) row and chunk of it: the partial sums behind d loss / d weights and d loss / d offsets, one block per
+// (row, chunk), written to [rows, chunks] (no atomics: the host sums the chunks, so results repeat exactly).
 template <typename scalar_t>
 __global__ void param_grad_kernel(const scalar_t* __restrict__ grad, const scalar_t* __restrict__ x,
                                   const scalar_t* __restrict__ offsets, InterlaceShape shape, RowIndexer index,
                                   at::opmath_type<scalar_t>* __restrict__ interp_out,
                                   at::opmath_type<scalar_t>* __restrict__ diff_out) {
   using acc_t = at::opmath_type<scalar_t>;
+  static_assert((kThreads & (kThreads - 1)) == 0, "the tree reduction below needs a power-of-two block");
   __shared__ acc_t interp_shared[kThreads];
   __shared__ acc_t diff_shared[kThreads];
-  const uint32_t r = blockIdx.x;  // indexes [N, T, G]
-  const auto [n, t, g] = index.row(r);
   const int64_t frame_stride = shape.frame_stride;
-  int64_t shift;
-  acc_t frac;
-  split_offset(static_cast<acc_t>(offsets[n * shape.groups + g]), shift, frac);
-  const auto taps = forward_taps(t, shape.frames, shift, frac, acc_t(1));
-  const scalar_t* block = x + n * shape.frames * frame_stride + g * shape.group_stride;
-  const scalar_t* row0 = frame_row(block, taps.src0, taps.in0, frame_stride);
-  const scalar_t* row1 = frame_row(block, taps.src1, taps.in1, frame_stride);
-  const scalar_t* gy_row = grad + (n * shape.frames + t) * frame_stride + g * shape.group_stride;
-  acc_t interp = 0, diff = 0;
-  for (uint32_t e = threadIdx.x; e < static_cast<uint32_t>(shape.row); e += blockDim.x) {
-    const int64_t i = index.offset(e);
-    accumulate_param_grads(taps, static_cast<acc_t>(gy_row[i]), row0, row1, i, interp, diff);
-  }
-  interp_shared[threadIdx.x] = interp;
-  diff_shared[threadIdx.x] = diff;
-  __syncthreads();
-  for (int stride = blockDim.x / 2; stride > 0; stride /= 2) {
-    if (threadIdx.x < stride) {
-      interp_shared[threadIdx.x] += interp_shared[threadIdx.x + stride];
-      diff_shared[threadIdx.x] += diff_shared[threadIdx.x + stride];
+  const uint32_t rows = static_cast<uint32_t>(row_count(shape)), row = static_cast<uint32_t>(shape.row);
+  const uint32_t begin = blockIdx.x * static_cast<uint32_t>(kParamChunk);  // < row < 2^31
+  const uint32_t end = row - begin < kParamChunk ? row : begin + static_cast<uint32_t>(kParamChunk);
+  for (uint32_t r = blockIdx.y; r < rows; r += gridDim.y) {  // r + gridDim.y < 2^32: both are below 2^31
+    const auto [n, t, g] = index.row(r);
+    int64_t shift;
+    acc_t frac;
+    split_offset(static_cast<acc_t>(offsets[n * shape.groups + g]), shift, frac);
+    const auto taps = forward_taps(t, shape.frames, shift, frac, acc_t(1));
+    const scalar_t* block = x + n * shape.frames * frame_stride + g * shape.group_stride;
+    const scalar_t* row0 = frame_row(block, taps.src0, taps.in0, frame_stride);
+    const scalar_t* row1 = frame_row(block, taps.src1, taps.in1, frame_stride);
+    const scalar_t* gy_row = grad + (n * shape.frames + t) * frame_stride + g * shape.group_stride;
+    acc_t interp = 0, diff = 0;
+    for (uint32_t e = begin + threadIdx.x; e < end; e += kThreads) {
+      const int64_t i = index.offset(e);
+      accumulate_param_grads(taps, static_cast<acc_t>(gy_row[i]), row0, row1, i, interp, diff);
     }
+    interp_shared[threadIdx.x] = interp;
+    diff_shared[threadIdx.x] = diff;
     __syncthreads();
-  }
-  if (threadIdx.x == 0) {
-    interp_out[r] = interp_shared[0];
-    diff_out[r] = diff_shared[0];
+    for (int stride = kThreads / 2; stride > 0; stride /= 2) {
+      if (threadIdx.x < stride) {
+        interp_shared[threadIdx.x] += interp_shared[threadIdx.x + stride];
+        diff_shared[threadIdx.x] += diff_shared[threadIdx.x + stride];
+      }
+      __syncthreads();
+    }
+    if (threadIdx.x == 0) {
+      interp_out[static_cast<int64_t>(r) * gridDim.x + blockIdx.x] = interp_shared[0];
+      diff_out[static_cast<int64_t>(r) * gridDim.x + blockIdx.x] = diff_shared[0];
+    }
+    __syncthreads();  // thread 0 has read the sums before the next row overwrites them
   }
 }
 
@@ -189,11 +207,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> interlace_backward_cuda(const at:
             b.grad_x.data_ptr<scalar_t>(), shape, index);
         C10_CUDA_KERNEL_LAUNCH_CHECK();
       }
-      if (param_grads) {
-        param_grad_kernel<scalar_t><<<row_count(shape), kThreads, 0, stream>>>(
+      if (param_grads) {  // per (row, chunk) partial sums, then summed over chunks into [N, T, G]
+        const std::array<int64_t, 4> sizes{shape.batch, shape.frames, shape.groups, param_chunks(shape)};
+        const at::Tensor interp = at::empty(sizes, b.interp.options()), diff = at::empty(sizes, b.diff.options());
+        param_grad_kernel<scalar_t><<<param_grad_grid(shape), kThreads, 0, stream>>>(
             b.grad.data_ptr<scalar_t>(), b.x.data_ptr<scalar_t>(), b.offsets.data_ptr<scalar_t>(), shape, index,
-            b.interp.data_ptr<acc_t>(), b.diff.data_ptr<acc_t>());
+            interp.data_ptr<acc_t>(), diff.data_ptr<acc_t>());
         C10_CUDA_KERNEL_LAUNCH_CHECK();
+        b.interp.copy_(interp.sum(-1));
+        b.diff.copy_(diff.sum(-1));
       }
     });
   }

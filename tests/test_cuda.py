@@ -120,7 +120,7 @@ def test_large_shapes_match_the_reference(shape):
 
 def test_more_rows_than_one_grid_dimension_holds():
     """520 x 32 x 4 = 66560 (sample, frame, group) rows: past the 65535 blocks a grid's y dimension holds, so the
-    gather kernel strides over rows; every row must still be computed, once."""
+    gather and parameter-gradient kernels stride over rows; every row must still be computed, once."""
     x, offsets, weights = inputs(520, 32, 8, (2,), 4, torch.float32, "cpu", seed=9)
     grad = torch.randn_like(x)
     want = forward_and_grads(temporal_interlace, x, offsets, weights, grad)
@@ -130,16 +130,36 @@ def test_more_rows_than_one_grid_dimension_holds():
 
 
 def test_runs_on_the_current_stream():
+    """Captured into a CUDA graph on a side stream: a launch or copy on any other stream (the legacy default one
+    included) fails the capture, and replaying the graph gives the reference's output and the eager gradients."""
     x, offsets, weights = inputs(2, 8, 64, (28, 28), 4, torch.float32, "cuda")
-    expected = temporal_interlace_reference(x, offsets, weights)
+    grad = torch.randn_like(x)
+    eager = torch.ops.tin.interlace_backward(grad, x, offsets, weights)
     stream = torch.cuda.Stream()
     stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        out = temporal_interlace(x, offsets, weights)
-        grads = torch.ops.tin.interlace_backward(torch.ones_like(x), x, offsets, weights)
+    with torch.cuda.stream(stream):  # warm up on the side stream, as graph capture asks
+        temporal_interlace(x, offsets, weights)
     torch.cuda.current_stream().wait_stream(stream)
-    torch.testing.assert_close(out, expected)
-    assert all(g.is_cuda for g in grads)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = temporal_interlace(x, offsets, weights)
+        grads = torch.ops.tin.interlace_backward(grad, x, offsets, weights)
+    graph.replay()
+    torch.cuda.synchronize()
+    torch.testing.assert_close(out, temporal_interlace_reference(x, offsets, weights))
+    for got, want in zip(grads, eager, strict=True):
+        torch.testing.assert_close(got, want)
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 4, 0), (0, 3, 4, 5), (2, 3, 4, 0, 5), (2, 0, 4, 5)])
+def test_empty_tensors_pass_through_on_cuda(shape):
+    x = torch.randn(*shape, device="cuda", requires_grad=True)
+    offsets = torch.rand(shape[0], 2, device="cuda", requires_grad=True)
+    weights = torch.rand(shape[0], shape[1], 2, device="cuda", requires_grad=True)
+    out = temporal_interlace(x, offsets, weights)
+    out.sum().backward()
+    assert out.shape == x.shape and x.grad.shape == x.shape
+    assert not offsets.grad.any() and not weights.grad.any()
 
 
 # --- the training engine on one GPU, without Ray -------------------------------------------------------------
