@@ -170,7 +170,7 @@ def summary(outcome: TrainOutcome) -> str:
     m = outcome.metrics
     ui = outcome.tracking_uri if outcome.tracking_uri.startswith("http") else None
     lines = [
-        f"best epoch {m['epoch']}: val_map {m['val_map']:.4f} (over videos), val_map_classes "
+        f"best epoch {int(m['epoch']) + 1}: val_map {m['val_map']:.4f} (over videos), val_map_classes "
         f"{m['val_map_classes']:.4f}, train_loss {m['train_loss']:.4f}, {m['clips_per_s']:.1f} clips/s",
         "validation AP per class: " + _per_class_text(outcome.ap_per_class),
         outcome.message,
