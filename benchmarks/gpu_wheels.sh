@@ -10,7 +10,7 @@ TARGET_PYTHON="${TARGET_PYTHON:-3.12}"
 rm -rf .whl && mkdir -p .whl
 version() { "$PY" -c "import importlib.metadata as m; print(m.version('$1'))"; }
 pins=()
-for name in tyro docstring-parser typeguard hjson pydantic pydantic-core annotated-types typing-inspection; do
+for name in tyro docstring-parser typeguard hjson pydantic pydantic-core annotated-types typing-inspection typing-extensions; do
     pins+=("$name==$(version "$name")")
 done
 "$PY" -m pip download --quiet --no-deps --only-binary=:all: --python-version "$TARGET_PYTHON" --implementation cp \
