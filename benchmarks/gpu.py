@@ -2,7 +2,7 @@
 medians of interleaved repeats), for the prepared GPU check (`make gpu-check`):
 
 (a) op forward / a clone of the same tensor, ResNet-50 shapes, N=8, T=8          [target <= 1.3: >= 70% bandwidth]
-    and its backward / a clone (no target: it reads two tensors and writes one)
+    and its backward / a clone (no target: it reads grad twice and x's two frames, and writes grad_x)
 (b) forward+backward: the compiled op against the pure-PyTorch reference         [target >= 5x]
 (c) train step (forward, backward, SGD), bf16 autocast, channels_last, 8 clips x 8 frames at 224 px:
     TIN-R50 / TSN-R50 and TIN-R50 / TSM-R50                                        [target <= 1.05]
@@ -63,7 +63,7 @@ def bench_op(repeats: int) -> None:
             gbs = 2 * x.numel() * x.element_size() / t["op"] / 1e9
             out(f"    {list(shape)} {str(dtype)[6:]}: op {t['op'] * 1e6:.0f} us, clone {t['clone'] * 1e6:.0f} us, "
                 f"ratio {t['op'] / t['clone']:.2f} ({gbs:.0f} GB/s read+write)")  # fmt: skip
-    out("    backward (all three gradients) / x.clone(), bf16: reads grad and x, writes grad_x")
+    out("    backward (all three gradients) / x.clone(), bf16: reads grad twice and x's two frames, writes grad_x")
     for shape in OP_SHAPES:
         x, offsets, weights = op_inputs(*shape, dtype=torch.bfloat16)
         grad = torch.randn_like(x)

@@ -1,7 +1,7 @@
 """The CUDA kernel on the device it targets: against the CPU kernel and the reference (output and all three
-gradients) in f32 / f64 / f16 / bf16, gradcheck, opcheck, non-contiguous inputs, large shapes, a non-default stream,
-the training engine's bf16 steps on one GPU without Ray (DDP and DeepSpeed: what a device machine without Ray can
-run), and a TIN-R18 train step through Ray Train on one GPU. Skipped where there is no GPU."""
+gradients) in f32 / f64 / f16 / bf16, gradcheck, opcheck, non-contiguous inputs, large shapes, the current stream
+(graph capture), the training engine's bf16 steps on one GPU without Ray (DDP and DeepSpeed: what a device machine
+without Ray can run), and a TIN-R18 train step through Ray Train on one GPU. Skipped where there is no GPU."""
 
 from __future__ import annotations
 
@@ -89,18 +89,18 @@ def test_noncontiguous_inputs_on_cuda():
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("channels", [64, 16])
-def test_channels_last_on_cuda_matches_the_cpu_kernel(dtype, channels):
+@pytest.mark.parametrize("c, channels", [(64, 64), (64, 16), (256, 256)])  # the last: rows of 4 parameter chunks
+def test_channels_last_on_cuda_matches_the_cpu_kernel(dtype, c, channels):
     """A channels_last activation (as the engine runs models on GPU) is served in its layout: output and all three
     gradients equal the CPU kernel's on the same values, and stay channels_last."""
-    frames = torch.randn(2 * 8, 64, 14, 14, generator=torch.Generator().manual_seed(4)).to(dtype)
-    x = frames.to(memory_format=torch.channels_last).view(2, 8, 64, 14, 14)
-    _, offsets, weights = inputs(2, 8, 64, (14, 14), 4, dtype, "cpu", seed=5)
+    frames = torch.randn(2 * 8, c, 14, 14, generator=torch.Generator().manual_seed(4)).to(dtype)
+    x = frames.to(memory_format=torch.channels_last).view(2, 8, c, 14, 14)
+    _, offsets, weights = inputs(2, 8, c, (14, 14), 4, dtype, "cpu", seed=5)
     grad = torch.randn(x.shape, generator=torch.Generator().manual_seed(6)).to(dtype)
     fn = lambda *a: temporal_interlace(*a, channels=channels)  # noqa: E731
     want = forward_and_grads(fn, x, offsets, weights, grad)
     got = forward_and_grads(fn, *(v.cuda() for v in (x, offsets, weights)), grad.cuda())
-    assert not got[0].is_contiguous() and got[0].view(16, 64, 14, 14).is_contiguous(memory_format=torch.channels_last)
+    assert not got[0].is_contiguous() and got[0].view(16, c, 14, 14).is_contiguous(memory_format=torch.channels_last)
     for g, w in zip(got, want, strict=True):
         scale = w.abs().max().clamp(min=1.0)
         torch.testing.assert_close(g.cpu().float() / scale, w.float() / scale, **TOLERANCE[dtype])
@@ -130,24 +130,29 @@ def test_more_rows_than_one_grid_dimension_holds():
 
 
 def test_runs_on_the_current_stream():
-    """Captured into a CUDA graph on a side stream: a launch or copy on any other stream (the legacy default one
-    included) fails the capture, and replaying the graph gives the reference's output and the eager gradients."""
+    """Captured into a CUDA graph (which captures the current stream only): replayed on new values written into the
+    same inputs, the graph's output and gradients are those of the new values, so every kernel and copy of forward
+    and backward ran on the current stream (one launched elsewhere would have run once, at capture, on the old
+    values; one on the legacy default stream fails the capture)."""
     x, offsets, weights = inputs(2, 8, 64, (28, 28), 4, torch.float32, "cuda")
     grad = torch.randn_like(x)
-    eager = torch.ops.tin.interlace_backward(grad, x, offsets, weights)
     stream = torch.cuda.Stream()
     stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):  # warm up on the side stream, as graph capture asks
+    with torch.cuda.stream(stream):  # warm up on a side stream, as graph capture asks
         temporal_interlace(x, offsets, weights)
+        torch.ops.tin.interlace_backward(grad, x, offsets, weights)
     torch.cuda.current_stream().wait_stream(stream)
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
         out = temporal_interlace(x, offsets, weights)
         grads = torch.ops.tin.interlace_backward(grad, x, offsets, weights)
+    new_x, new_offsets, new_weights = inputs(2, 8, 64, (28, 28), 4, torch.float32, "cuda", seed=1)
+    for old, new in ((x, new_x), (offsets, new_offsets), (weights, new_weights), (grad, torch.randn_like(grad))):
+        old.copy_(new)
     graph.replay()
     torch.cuda.synchronize()
     torch.testing.assert_close(out, temporal_interlace_reference(x, offsets, weights))
-    for got, want in zip(grads, eager, strict=True):
+    for got, want in zip(grads, torch.ops.tin.interlace_backward(grad, x, offsets, weights), strict=True):
         torch.testing.assert_close(got, want)
 
 

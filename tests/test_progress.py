@@ -1,4 +1,4 @@
-"""The progress a user watching `ray job logs` sees: the per-epoch line and its callback."""
+"""The progress a user watching `ray job logs` sees: the per-epoch line, its callback and the closing summary."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from pipeline.train.progress import (
     quiet_ray_reports,
     step_line,
 )
+from pipeline.train.results import TrainOutcome, summary
 
 
 def report(epoch: int, val_map: float, seconds: float = 30.0) -> dict:
@@ -54,3 +55,11 @@ def test_ray_report_dicts_are_quieted_and_step_logging_is_on_by_default():
     quiet_ray_reports()
     assert not logging.getLogger(context.__file__).isEnabledFor(logging.INFO)
     assert JobConfig().tracking.log_every_steps == 50  # a few lines per epoch, not one per batch
+
+
+def test_the_summary_counts_the_best_epoch_as_the_epoch_lines_do():
+    metrics = {"epoch": 8, "val_map": 0.736, "val_map_classes": 0.678, "train_loss": 0.202, "clips_per_s": 28.7}
+    outcome = TrainOutcome("run", "sqlite:///m.db", "exp", metrics, metrics, {"a": 0.5}, "/ckpt/epoch-0008", "m", "2",
+                           False, "m version 2 registered")  # fmt: skip
+    assert summary(outcome).startswith("best epoch 9: val_map 0.7360")  # the line above it: (best 0.736 @ 9)
+    assert "(best 0.736 @ 9)" in epoch_line({**report(8, 0.736)}, 10, (0.736, 8))

@@ -82,7 +82,6 @@ def test_ddp_two_workers_end_to_end(cluster, tiny_root, tmp_path):
     assert str(champion.version) == outcome.version == "1" and outcome.champion
     assert champion.run_id == outcome.run_id  # the model was logged to this run
     # The summary ends with what the embedded default is there to show: time-reversed events beside appearance.
-    assert summary(outcome).startswith(f"best epoch {int(outcome.metrics['epoch']) + 1}:")  # as the epoch lines count
     last = summary(outcome).splitlines()[-1]
     assert last.startswith("time-reversed events: mAP") and "appearance classes: mAP" in last, last
 

@@ -114,7 +114,7 @@ def register_checkpoint(cfg: JobConfig, tracker: Tracker, datasets: Datasets, ch
 def raise_on_bad_videos(metrics: dict, cfg: JobConfig, root: str) -> None:
     if metrics.get("stopped_bad_videos"):
         raise TooManyBadVideos(
-            f"stopped at epoch {metrics['epoch']}: {metrics['bad_videos']} videos could not be decoded "
+            f"stopped at epoch {int(metrics['epoch']) + 1}: {metrics['bad_videos']} videos could not be decoded "
             f"({metrics['bad_video_fraction']:.1%} > --max-bad-fraction {cfg.data.max_bad_fraction}); by reason "
             f"{metrics['bad_by_reason']}. Run `python -m pipeline check {root}` to list them."
         )
