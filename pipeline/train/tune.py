@@ -29,6 +29,7 @@ from pipeline.data import storage
 from pipeline.registry.tracking import RUN_NAME_TAG, Tracker, finishing, redact, start_run, tracking_uri
 from pipeline.train.config import JobConfig, flat_values, override
 from pipeline.train.driver import Datasets, build_trainer, connect_ray, preflight, trial_cpus
+from pipeline.train.loop import META_FILE, checkpoint_epoch
 from pipeline.train.progress import BestSoFar, epoch_summary
 from pipeline.train.results import raise_on_bad_videos, register_checkpoint
 
@@ -247,8 +248,8 @@ def best_trial_checkpoint(results, base: JobConfig):
     filesystem = fs or pafs.LocalFileSystem()
     candidates = []
     for info in filesystem.get_file_info(pafs.FileSelector(trial_run)):
-        if info.type == pafs.FileType.Directory and info.base_name.startswith("epoch-"):
-            with filesystem.open_input_stream(f"{info.path}/meta.json") as f:
+        if info.type == pafs.FileType.Directory and checkpoint_epoch(info.base_name) is not None:
+            with filesystem.open_input_stream(f"{info.path}/{META_FILE}") as f:
                 candidates.append((json.loads(f.read())["metrics"]["val_map"], info.path))
     val_map, best_path = max(candidates)
     return best, ray.train.Checkpoint(best_path, filesystem=fs) if fs else ray.train.Checkpoint(best_path)
