@@ -75,12 +75,27 @@ def plain_batch(clips: list[np.ndarray], rows, frames: int, rng: np.random.Gener
     return (x - mean) / torch.tensor([0.229, 0.224, 0.225]).view(1, 1, 3, 1, 1)
 
 
-def train_plain(arch: str, train, val, budget: dict, seed: int = 0) -> np.ndarray:
-    """The yardstick: SGD (momentum 0.9, wd 5e-4), per-step cosine, BCE; best validation scores over epochs."""
+def predict(model: torch.nn.Module, clips: list[np.ndarray], frames: int) -> np.ndarray:
+    """Probabilities on `clips` (segment centres), 32 clips at a time."""
+    model.eval()
+    with torch.no_grad():
+        return np.concatenate(
+            [
+                torch.sigmoid(model(plain_batch(clips, range(i, min(i + 32, len(clips))), frames, None))).numpy()
+                for i in range(0, len(clips), 32)
+            ]
+        )
+
+
+def train_plain(arch: str, train, val, budget: dict, seed: int = 0, scored=None) -> np.ndarray:
+    """The yardstick: SGD (momentum 0.9, wd 5e-4), per-step cosine, BCE. Returns the scores on `scored` (default: the
+    validation clips) of the epoch best on the validation clips, as the job keeps its best validation checkpoint."""
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     frames, batch, epochs = budget["num_segments"], budget["batch_size"], budget["epochs"]
     train_clips, val_clips = decode_all(train, budget["frame_size"]), decode_all(val, budget["frame_size"])
+    scored = None if scored is val else scored
+    scored_clips = val_clips if scored is None else decode_all(scored, budget["frame_size"])
     y_train, y_val = torch.from_numpy(multi_hot(train)), multi_hot(val)
     model = PlainNet(arch, train.num_classes, frames)
     optimizer = torch.optim.SGD(model.parameters(), lr=budget["lr"], momentum=0.9, weight_decay=5e-4)
@@ -97,16 +112,8 @@ def train_plain(arch: str, train, val, budget: dict, seed: int = 0) -> np.ndarra
             loss.backward()
             optimizer.step()
             schedule.step()
-        model.eval()
-        with torch.no_grad():
-            scores = np.concatenate(
-                [
-                    torch.sigmoid(
-                        model(plain_batch(val_clips, range(i, min(i + 32, len(val_clips))), frames, None))
-                    ).numpy()
-                    for i in range(0, len(val_clips), 32)
-                ]
-            )
+        scores = predict(model, val_clips, frames)
         if map_over_videos(scores, y_val) > best_map:
-            best, best_map = scores, map_over_videos(scores, y_val)
+            best_map = map_over_videos(scores, y_val)
+            best = scores if scored is None else predict(model, scored_clips, frames)
     return best

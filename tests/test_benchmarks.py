@@ -4,7 +4,10 @@ import numpy as np
 import pytest
 
 from benchmarks import results
-from benchmarks.temporal import FRAME_VISIBLE_PAIRS, ceiling_report, scores_report
+from benchmarks.plain_loop import train_plain
+from benchmarks.temporal import FRAME_VISIBLE_PAIRS, ceiling_report, main, scores_report
+from pipeline.data.annotations import read_mmit
+from pipeline.data.synthetic import SyntheticSpec, generate_mmit
 
 # The synthetic events' five time-reversed pairs (classes 0/1 ... 8/9) and one clip per labelled direction.
 TARGETS = np.eye(10, dtype=np.float32)
@@ -33,6 +36,21 @@ def test_single_frames_show_only_some_pairs():
     assert ceiling["visible_map"] == pytest.approx(0.75, abs=0.05)  # the pair known, its direction a coin toss
     assert ceiling["hidden_map"] == pytest.approx(sum(1 / r for r in range(1, 7)) / 6, abs=0.05)  # six classes tied
     assert ceiling["direction_accuracy"] == pytest.approx(0.5, abs=0.1)
+
+
+def test_scores_on_training_clips_never_replace_the_benchmark_table(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--scored-on", "training"])
+    assert exit_info.value.code == 2 and "--ablation NAME or --no-record" in capsys.readouterr().err
+
+
+def test_the_plain_loop_scores_the_asked_clips_at_its_best_validation_epoch(tmp_path):
+    root = generate_mmit(tmp_path / "mmit", SyntheticSpec(num_train=6, num_val=4, frames=8, size=32))
+    train, val = read_mmit(str(root), "training"), read_mmit(str(root), "validation")
+    budget = {"num_segments": 2, "batch_size": 3, "epochs": 1, "lr": 0.01, "frame_size": 32}
+    on_val, on_train = train_plain("tsn", train, val, budget), train_plain("tsn", train, val, budget, scored=train)
+    assert on_val.shape == (4, train.num_classes) and on_train.shape == (6, train.num_classes)
+    assert np.all((on_train > 0) & (on_train < 1))
 
 
 @pytest.fixture
