@@ -94,8 +94,7 @@ def train_plain(arch: str, train, val, budget: dict, seed: int = 0, scored=None)
     rng = np.random.default_rng(seed)
     frames, batch, epochs = budget["num_segments"], budget["batch_size"], budget["epochs"]
     train_clips, val_clips = decode_all(train, budget["frame_size"]), decode_all(val, budget["frame_size"])
-    scored = None if scored is val else scored
-    scored_clips = val_clips if scored is None else decode_all(scored, budget["frame_size"])
+    scored_clips = val_clips if scored is None or scored is val else decode_all(scored, budget["frame_size"])
     y_train, y_val = torch.from_numpy(multi_hot(train)), multi_hot(val)
     model = PlainNet(arch, train.num_classes, frames)
     optimizer = torch.optim.SGD(model.parameters(), lr=budget["lr"], momentum=0.9, weight_decay=5e-4)
@@ -115,5 +114,5 @@ def train_plain(arch: str, train, val, budget: dict, seed: int = 0, scored=None)
         scores = predict(model, val_clips, frames)
         if map_over_videos(scores, y_val) > best_map:
             best_map = map_over_videos(scores, y_val)
-            best = scores if scored is None else predict(model, scored_clips, frames)
+            best = scores if scored_clips is val_clips else predict(model, scored_clips, frames)
     return best

@@ -62,4 +62,4 @@ def test_the_summary_counts_the_best_epoch_as_the_epoch_lines_do():
     outcome = TrainOutcome("run", "sqlite:///m.db", "exp", metrics, metrics, {"a": 0.5}, "/ckpt/epoch-0008", "m", "2",
                            False, "m version 2 registered")  # fmt: skip
     assert summary(outcome).startswith("best epoch 9: val_map 0.7360")  # the line above it: (best 0.736 @ 9)
-    assert "(best 0.736 @ 9)" in epoch_line({**report(8, 0.736)}, 10, (0.736, 8))
+    assert "(best 0.736 @ 9)" in epoch_line(report(8, 0.736), 10, (0.736, 8))
